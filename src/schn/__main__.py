@@ -1,0 +1,3 @@
+from schn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""The one method interface that the training engine drives.
+
+A method is its model, its loss and its update. The engine (``schn.engine``) owns everything
+else: data loading, the outer loop and the sampled set, timing, logging, validation-based model
+selection, checkpoints. Positions handed to a method are *train-pool positions* ``0..n_train-1``
+(row numbers of the learned database codes), never indices into the whole data set.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class HashingMethod(nn.Module):
+    """Base class. Subclasses set ``bits`` and implement the hooks below."""
+
+    bits: int
+
+    def begin_iteration(self, iteration: int, sample: np.ndarray) -> None:
+        """Called before the epochs of outer iteration ``iteration`` on sampled positions ``sample``."""
+
+    def training_step(
+        self, inputs: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor, record: bool
+    ) -> dict[str, float]:
+        """One mini-batch: forward, backward, optimiser step(s). Returns each loss term as a float.
+
+        ``record`` is true during the last epoch of an outer iteration: the method keeps the
+        outputs it needs for :meth:`end_iteration` (keyed by ``positions``).
+        """
+        raise NotImplementedError
+
+    def end_iteration(self) -> dict[str, float]:
+        """Called after the epochs of an outer iteration (e.g. the discrete code update)."""
+        return {}
+
+    @torch.no_grad()
+    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Real-valued codes (before ``sign``) of a batch, in eval mode. Binary code = sign."""
+        raise NotImplementedError
+
+    def database_codes(self) -> torch.Tensor | None:
+        """Learned +-1 codes of the training pool, ``(n_train, bits)``, or None for symmetric methods."""
+        return None
+
+    def set_database_codes(self, positions: torch.Tensor, codes: torch.Tensor) -> None:
+        """Overwrite rows of the learned codes (used for items the loop never sampled)."""
+        raise NotImplementedError
+
+    def optimizer_states(self) -> dict:
+        """State of every optimiser, for checkpoints."""
+        return {}
+
+    def load_optimizer_states(self, states: dict) -> None:
+        """Inverse of :meth:`optimizer_states`."""
