@@ -1,0 +1,25 @@
+# The two commands of the README. Each creates the project's virtual environment when needed.
+PYTHON ?= python3
+VENV   := .venv
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test venv clean-runs
+
+venv: $(STAMP)
+
+# Reinstall when the project's dependencies change. torch/torchvision are pinned in pyproject.toml;
+# pip on Python 3.11 here takes them from the machine's local wheel store.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "schn needs Python 3.11+ (set PYTHON=python3.11)")'
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/schn demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+clean-runs:
+	rm -rf runs

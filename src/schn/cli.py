@@ -1,0 +1,145 @@
+"""The ``schn`` command line: train, evaluate, encode, plot, demo, list.
+
+Every mistake a user can cause ends in one line on stderr (``error: ...``) and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import SchnError
+
+DEMO_CONFIG = "digits.yaml"
+
+
+def _configs_dir() -> Path:
+    """configs/ of a source checkout (the README's commands run from it)."""
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def _print_metrics(run_dir: Path, metrics: dict) -> None:
+    depth = metrics.get("map_depth", "all")
+    print(f"run: {run_dir}")
+    print(f"mAP@{depth} {metrics['map']:.4f}  precision(r<=2) {metrics['precision_at_radius_2']:.4f}  "
+          f"bits {metrics['bits']}  train {metrics.get('train_seconds', 0):.1f}s  "
+          f"{metrics.get('images_per_second', 0):.0f} images/s")
+    if "symmetric" in metrics:
+        print(f"symmetric (database encoded by the network): mAP@{depth} {metrics['symmetric']['map']:.4f}")
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .runs import train_run
+
+    cfg = load_config(args.config, args.set)
+    run_dir, metrics = train_run(cfg, progress=not args.quiet and cfg.run.progress)
+    _print_metrics(run_dir, metrics)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .runs import evaluate_run
+
+    metrics = evaluate_run(args.run, device=args.device, progress=not args.quiet)
+    _print_metrics(Path(args.run), metrics)
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from .encode import encode_images
+
+    n, out = encode_images(args.run, args.paths, args.output, device=args.device, progress=not args.quiet)
+    print(f"wrote {n} codes to {out}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plots import plot_run
+
+    for path in plot_run(args.run):
+        print(path)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """SCHN on scikit-learn's digits at 16/32/64 bits; prints mAP@all, precision r<=2, seconds."""
+    from .config import load_config
+    from .runs import train_run
+
+    config = _configs_dir() / DEMO_CONFIG
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    rows = []
+    for bits in args.bits:
+        cfg = load_config(config, [f"train.bits={bits}", f"run.name=demo-digits-{bits}b-{stamp}", *args.set])
+        start = time.perf_counter()
+        run_dir, metrics = train_run(cfg, progress=not args.quiet)
+        rows.append((bits, metrics["map"], metrics["precision_at_radius_2"], time.perf_counter() - start, run_dir))
+    print("\nSCHN on digits (10% per class as queries, the rest as database; small CNN, CPU)")
+    print(f"{'bits':>4}  {'mAP@all':>8}  {'P(r<=2)':>8}  {'seconds':>8}  run")
+    for bits, m, p, s, run_dir in rows:
+        print(f"{bits:>4}  {m:>8.4f}  {p:>8.4f}  {s:>8.1f}  {run_dir}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .backbones import list_backbones
+    from .data import list_datasets, list_splits
+    from .methods import list_methods
+
+    print(json.dumps({"methods": list_methods(), "backbones": list_backbones(),
+                      "datasets": list_datasets(), "splits": list_splits()}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="schn", description="Learned binary codes for visual similarity search.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a method from a config; writes a run folder")
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.bits=48")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="recompute a run's metrics from its checkpoint")
+    p.add_argument("run")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("encode", help="encode image files or folders into packed binary codes")
+    p.add_argument("run")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("-o", "--output", required=True, help="output .npz (codes, ids, bits)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("plot", help="PR curve, precision@N curve and t-SNE of the query codes as PNG")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("demo", help="train SCHN on the embedded digits data at 16/32/64 bits")
+    p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("list", help="registered methods, backbones, data sets and split protocols")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SchnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

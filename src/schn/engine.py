@@ -1,0 +1,145 @@
+"""The one training engine: every method runs through this loop.
+
+Outer iteration t (of T): draw the sampled set Omega, run E epochs of mini-batch steps on it
+(the method's ``training_step``), then the method's ``end_iteration`` (SCHN: the discrete code
+update). Model selection is on the validation split carved from the training pool, or the last
+iteration; the authors' selection on the query set is reachable only by name (``select=test``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from .config import Config
+from .evaluate import encode_view, validation_map
+
+
+class SampleSchedule:
+    """Draws Omega each outer iteration.
+
+    ``cover_all``: walk through a fresh random permutation of the pool, m items at a time, so
+    every item is sampled (the default here). Otherwise m items uniformly at random each time
+    (the authors' code; items never drawn keep their initial code).
+    """
+
+    def __init__(self, n: int, m: int, cover_all: bool, rng: np.random.Generator):
+        self.n, self.m, self.cover_all, self.rng = n, min(m, n), cover_all, rng
+        self._queue = np.zeros(0, dtype=np.int64)
+        self.sampled = np.zeros(n, dtype=bool)
+
+    def draw(self) -> np.ndarray:
+        if not self.cover_all:
+            sample = self.rng.choice(self.n, self.m, replace=False)
+        else:
+            while len(self._queue) < self.m:
+                self._queue = np.concatenate([self._queue, self.rng.permutation(self.n)])
+            sample, self._queue = self._queue[: self.m], self._queue[self.m:]
+            # a permutation boundary may repeat an item inside one draw; keep Omega a set
+            sample = np.unique(sample)
+        self.sampled[sample] = True
+        return np.sort(sample)
+
+
+@dataclass
+class TrainResult:
+    seconds: float = 0.0
+    images: int = 0
+    selected_iteration: int = 0
+    best_val_map: float | None = None
+    filled_unsampled: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def seed_everything(seed: int) -> None:
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
+                 log=None, progress: bool = True) -> TrainResult:
+    """Run the outer loop; leaves ``method`` at the selected iteration. ``log(record)`` per iteration."""
+    tc = cfg.train
+    rng = np.random.default_rng(cfg.run.seed)
+    loader_gen = torch.Generator().manual_seed(cfg.run.seed)
+    n_train = len(split.train)
+    schedule = SampleSchedule(n_train, tc.num_samples, tc.cover_all, rng)
+    train_view = inputs.view(split.train, train=True)
+    select = tc.select if (tc.select != "val" or len(split.val)) else "last"
+    steps_per_epoch = math.ceil(schedule.m / tc.batch_size)
+    bar = tqdm(total=tc.iterations * tc.epochs_per_iteration * steps_per_epoch, disable=not progress,
+               desc=f"train {cfg.method_name} {tc.bits} bits", unit="step", dynamic_ncols=True)
+    result = TrainResult()
+    best_state, best_score = None, -math.inf
+    try:
+        for it in range(tc.iterations):
+            t0 = time.perf_counter()
+            sample = schedule.draw()
+            method.train()
+            method.begin_iteration(it, sample)
+            sums: dict[str, float] = {}
+            steps = images = 0
+            for epoch in range(tc.epochs_per_iteration):
+                loader = DataLoader(Subset(train_view, sample.tolist()), batch_size=tc.batch_size,
+                                    shuffle=True, generator=loader_gen, num_workers=tc.num_workers)
+                for x, y, pos in loader:
+                    terms = method.training_step(x.to(device), y.to(device), pos.to(device),
+                                                 record=epoch == tc.epochs_per_iteration - 1)
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    steps += 1
+                    images += len(pos)
+                    bar.update(1)
+            record = {"iteration": it + 1, **{k: v / max(steps, 1) for k, v in sums.items()}}
+            record.update(method.end_iteration())
+            train_seconds = time.perf_counter() - t0
+            result.seconds += train_seconds
+            result.images += images
+            due = (it + 1) % tc.val_every == 0 or it + 1 == tc.iterations
+            if select in ("val", "test") and due:
+                score = validation_map(method, inputs, split, labels, cfg.eval, device,
+                                       tc.encode_batch_size, on=select)
+                record["val_map" if select == "val" else "query_map_for_selection"] = score
+                if score > best_score:
+                    best_score, result.selected_iteration = score, it + 1
+                    best_state = copy.deepcopy(method.state_dict())
+            record["seconds"] = round(train_seconds, 3)
+            record["images_per_second"] = round(images / train_seconds, 1) if train_seconds else 0.0
+            result.history.append(record)
+            if log is not None:
+                log(record)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("loss", "val_map")})
+    finally:
+        bar.close()
+    if best_state is not None:
+        method.load_state_dict(best_state)
+        result.best_val_map = best_score
+    else:
+        result.selected_iteration = tc.iterations
+    if tc.cover_all:
+        result.filled_unsampled = fill_unsampled(method, inputs, split, schedule.sampled, device,
+                                                 tc.encode_batch_size)
+    return result
+
+
+def fill_unsampled(method, inputs, split, sampled: np.ndarray, device, batch_size: int) -> int:
+    """Encode training items the loop never sampled with the image network (method.md default).
+
+    (With ``cover_all=False`` the authors keep the initial code instead; the caller skips this.)
+    """
+    if method.database_codes() is None or sampled.all():
+        return 0
+    positions = np.flatnonzero(~sampled)
+    codes = encode_view(method, inputs.view(np.asarray(split.train)[positions], train=False), device, batch_size)
+    method.set_database_codes(torch.as_tensor(positions), torch.as_tensor(codes))
+    return len(positions)

@@ -1,0 +1,87 @@
+"""What a method's network sees: images through a backbone's transform, or cached frozen features.
+
+In frozen-backbone mode the backbone runs once over the whole data set (``schn.features``) and the
+method trains on the cached features with ``nn.Identity`` as its backbone. New images are then
+encoded by the real backbone followed by the trained head (:meth:`ModelInputs.image_encoder`).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbones import ModelConfig, create_backbone
+from .data import HashingDataset, build_transform
+from .errors import SchnError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SchnError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SchnError(f"train.device is {name!r} but no CUDA device is available; use train.device=cpu or auto")
+    return device
+
+
+class ModelInputs:
+    """Builds the backbone and the data views for one data set and model config."""
+
+    def __init__(self, model_cfg: ModelConfig, dataset: HashingDataset, device: torch.device,
+                 progress: bool = True, num_workers: int = 0):
+        self.cfg = model_cfg
+        self.dataset = dataset
+        self.device = device
+        self._features = None
+        self._image_backbone = None
+        if model_cfg.frozen:
+            from .features import cached_features
+
+            self._features = cached_features(
+                dataset, model_cfg.backbone, model_cfg.weights, model_cfg.input_size,
+                model_cfg.cache_dir, device=device, progress=progress, num_workers=num_workers,
+            )
+            self.backbone: nn.Module = nn.Identity()
+            self.feature_dim = int(self._features.shape[1])
+        else:
+            self.backbone = self._create_backbone()
+            self.feature_dim = self.backbone.feature_dim
+
+    def _create_backbone(self) -> nn.Module:
+        return create_backbone(self.cfg.backbone, self.cfg.weights, in_channels=self.dataset.channels,
+                               image_size=self.cfg.input_size)
+
+    def _transform(self, backbone: nn.Module, train: bool):
+        if backbone.preprocess == "imagenet":
+            mean, std = backbone.mean, backbone.std
+        else:
+            mean, std = self.dataset.default_mean_std()
+        size = self.cfg.input_size or backbone.default_input_size
+        return build_transform(backbone.preprocess, train, size, mean, std, self.dataset.channels)
+
+    def view(self, indices, train: bool):
+        """Items ``(input, label, position)`` for data set ``indices``; train=True adds augmentation."""
+        if self._features is not None:
+            from .features import feature_view
+
+            return feature_view(self._features, self.dataset.labels, indices)
+        return self.dataset.view(indices, self._transform(self.backbone, train))
+
+    def image_backbone(self) -> nn.Module:
+        """The backbone that turns images into the method's inputs (the real one in frozen mode)."""
+        if self._features is None:
+            return nn.Identity()
+        if self._image_backbone is None:
+            self._image_backbone = self._create_backbone().to(self.device).eval()
+        return self._image_backbone
+
+    def image_transform(self):
+        """Eval transform for new images (the real backbone's, also in frozen mode)."""
+        backbone = self.backbone if self._features is None else self.image_backbone()
+        return self._transform(backbone, train=False)

@@ -1,0 +1,201 @@
+"""Run folders: what ``schn train`` writes and ``evaluate`` / ``encode`` / ``plot`` read back.
+
+    RUN/config.yaml     the resolved config (every default filled in)
+    RUN/split.json      the split (query / database / train / val indices, seed)
+    RUN/log.jsonl       one line per outer iteration: each loss term, val mAP, seconds, images/s
+    RUN/checkpoint.pt   model state incl. the learned database codes, input spec
+    RUN/metrics.json    scalar metrics (asymmetric = the protocol, and symmetric)
+    RUN/curves.json     PR curve over Hamming radius and precision@N curve
+    RUN/codes.npz       packed query and database codes with their data set indices
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import codes as codes_mod
+from .config import Config, config_from_dict, dump_config
+from .data import create_dataset, load_split, make_split
+from .engine import seed_everything, train_method
+from .errors import SchnError
+from .evaluate import evaluate_method
+from .fileio import atomic_path, write_json, write_text
+from .inputs import ModelInputs, resolve_device
+from .methods import create_method
+
+CHECKPOINT_FORMAT = "schn-checkpoint-1"
+CURVE_KEYS = ("pr_curve", "p_at_n_curve")
+
+
+def new_run_dir(cfg: Config) -> Path:
+    name = cfg.run.name or f"{cfg.data.name}-{cfg.method_name}-{cfg.train.bits}b-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = Path(cfg.run.out_dir) / name
+    if path.exists() and any(path.iterdir()):
+        raise SchnError(f"run folder {path} already exists and is not empty; choose another run.name")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _split_for(cfg: Config, dataset):
+    if cfg.split.file:
+        return load_split(cfg.split.file, dataset)
+    return make_split(dataset, cfg.split, cfg.split.seed)
+
+
+def _split_metrics(result: dict) -> tuple[dict, dict]:
+    scalars = {k: v for k, v in result.items() if k not in CURVE_KEYS}
+    curves = {k: result[k] for k in CURVE_KEYS if k in result}
+    return scalars, curves
+
+
+def write_evaluation(run_dir: Path, cfg: Config, evaluation: dict, extra: dict, split) -> dict:
+    """metrics.json (scalars, asymmetric first), curves.json, codes.npz; all atomic."""
+    asym, asym_curves = _split_metrics(evaluation["asymmetric"])
+    metrics = {"method": cfg.method_name, "data": cfg.data.name, "bits": cfg.train.bits, **asym}
+    metrics.update(extra)
+    metrics["num_queries"], metrics["num_database"] = len(split.query), len(split.database)
+    metrics["asymmetric"] = asym
+    curves = {"asymmetric": asym_curves}
+    if "symmetric" in evaluation:
+        metrics["symmetric"], curves["symmetric"] = _split_metrics(evaluation["symmetric"])
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "curves.json", curves)
+    with atomic_path(run_dir / "codes.npz", suffix=".npz") as tmp:
+        np.savez(tmp, bits=cfg.train.bits,
+                 query_codes=codes_mod.pack(evaluation["codes"]["query"]), query_indices=split.query,
+                 database_codes=codes_mod.pack(evaluation["codes"]["database"]),
+                 database_indices=split.database)
+    return metrics
+
+
+def train_run(cfg: Config, progress: bool = True, echo=print) -> tuple[Path, dict]:
+    """Train one config end to end and write its run folder. Returns (folder, metrics)."""
+    seed_everything(cfg.run.seed)
+    device = resolve_device(cfg.train.device)
+    dataset = create_dataset(cfg.data)
+    split = _split_for(cfg, dataset)
+    run_dir = new_run_dir(cfg)
+    write_text(run_dir / "config.yaml", dump_config(cfg))
+    split.save(run_dir / "split.json")
+    report = getattr(dataset, "report", None)
+    if report and any(report.values()):
+        echo(f"data: {', '.join(f'{k}={v}' for k, v in report.items())}")
+    inputs = ModelInputs(cfg.model, dataset, device, progress=progress, num_workers=cfg.train.num_workers)
+    labels = np.asarray(dataset.labels)
+    train_labels = torch.as_tensor(labels[split.train], dtype=torch.float32)
+    method = create_method(cfg.method_name, cfg.method, inputs.backbone, inputs.feature_dim, labels.shape[1],
+                           cfg.train.bits, train_labels, device)
+    log_path = run_dir / "log.jsonl"
+
+    def log(record: dict) -> None:
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    result = train_method(cfg, method, inputs, split, labels, device, log=log, progress=progress)
+    save_checkpoint(run_dir / "checkpoint.pt", cfg, method, inputs, labels.shape[1], len(split.train),
+                    getattr(dataset, "class_names", None))
+    evaluation = evaluate_method(method, inputs, split, labels, cfg.eval, device,
+                                 cfg.train.encode_batch_size, progress=progress)
+    extra = {
+        "train_seconds": round(result.seconds, 2),
+        "images_per_second": round(result.images_per_second, 1),
+        "model_selection": cfg.train.select if len(split.val) or cfg.train.select != "val" else "last",
+        "selected_iteration": result.selected_iteration,
+        "best_val_map": result.best_val_map,
+        "unsampled_encoded_by_network": result.filled_unsampled,
+        "device": str(device),
+    }
+    return run_dir, write_evaluation(run_dir, cfg, evaluation, extra, split)
+
+
+def input_spec(inputs: ModelInputs) -> dict:
+    """How a raw image becomes a model input, stored so that encode needs no data set."""
+    backbone = inputs.image_backbone() if inputs.cfg.frozen else inputs.backbone
+    if backbone.preprocess == "imagenet":
+        mean, std = backbone.mean, backbone.std
+    else:
+        mean, std = inputs.dataset.default_mean_std()
+    return {"preprocess": backbone.preprocess, "input_size": inputs.cfg.input_size or backbone.default_input_size,
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std], "channels": inputs.dataset.channels}
+
+
+def save_checkpoint(path: Path, cfg: Config, method, inputs: ModelInputs, num_classes: int, n_train: int,
+                    class_names) -> None:
+    payload = {
+        "format": CHECKPOINT_FORMAT, "method": cfg.method_name, "bits": cfg.train.bits,
+        "num_classes": num_classes, "n_train": n_train, "feature_dim": inputs.feature_dim,
+        "class_names": list(class_names) if class_names is not None else None,
+        "input_spec": input_spec(inputs), "config": cfg.to_dict(), "state": method.state_dict(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    cfg: Config
+    checkpoint: dict
+    method: object
+    device: torch.device
+
+
+def open_run(run_dir: str | Path, device: str | None = None, backbone=None, feature_dim=None) -> LoadedRun:
+    """Load a run's config and checkpoint and rebuild its method (no data set needed)."""
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+    if not run_dir.is_dir():
+        raise SchnError(f"run folder {run_dir} does not exist; pass a folder written by `schn train`")
+    if not ckpt_path.is_file():
+        raise SchnError(f"{run_dir} has no checkpoint.pt; pass a finished run folder written by `schn train`")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise SchnError(f"cannot read {ckpt_path} ({type(exc).__name__}); the checkpoint is damaged, retrain the run") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise SchnError(f"{ckpt_path} is not a schn checkpoint (format {CHECKPOINT_FORMAT})")
+    cfg = config_from_dict(ckpt["config"])
+    dev = resolve_device(device or cfg.train.device)
+    from torch import nn
+
+    from .backbones import create_backbone
+
+    if backbone is None:
+        if cfg.model.frozen:
+            backbone, feature_dim = nn.Identity(), ckpt["feature_dim"]
+        else:
+            # weights come from the checkpoint, so the backbone starts empty (works offline)
+            backbone = create_backbone(cfg.model.backbone, "none", in_channels=ckpt["input_spec"]["channels"],
+                                       image_size=cfg.model.input_size)
+            feature_dim = backbone.feature_dim
+    train_labels = torch.zeros(ckpt["n_train"], ckpt["num_classes"])
+    method = create_method(cfg.method_name, cfg.method, backbone, feature_dim, ckpt["num_classes"],
+                           ckpt["bits"], train_labels, dev)
+    method.load_state_dict(ckpt["state"])
+    method.eval()
+    return LoadedRun(run_dir, cfg, ckpt, method, dev)
+
+
+def evaluate_run(run_dir: str | Path, device: str | None = None, progress: bool = True) -> dict:
+    """Recompute the metrics of a run from its checkpoint, its saved split and the data."""
+    run = open_run(run_dir, device)
+    cfg = run.cfg
+    dataset = create_dataset(cfg.data)
+    split = load_split(run.path / "split.json", dataset)
+    inputs = ModelInputs(cfg.model, dataset, run.device, progress=progress)
+    labels = np.asarray(dataset.labels)
+    evaluation = evaluate_method(run.method, inputs, split, labels, cfg.eval, run.device,
+                                 cfg.train.encode_batch_size, progress=progress)
+    previous = {}
+    if (run.path / "metrics.json").is_file():
+        previous = json.loads((run.path / "metrics.json").read_text())
+    keep = ("train_seconds", "images_per_second", "model_selection", "selected_iteration", "best_val_map",
+            "unsampled_encoded_by_network")
+    extra = {k: previous[k] for k in keep if k in previous}
+    extra["device"] = str(run.device)
+    return write_evaluation(run.path, cfg, evaluation, extra, split)
