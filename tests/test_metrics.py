@@ -1,0 +1,283 @@
+"""Vectorised metrics against plain per-query loops, and hand-computed rankings."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from schn import metrics as M
+from schn.errors import SchnError
+
+
+# ---------- plain reference implementations (one query at a time, pure Python) ----------
+
+def ref_rank(q, D):
+    """Stable ranking by Hamming distance 0.5*(c - q.d)."""
+    c = len(q)
+    dist = [0.5 * (c - sum(int(a) * int(b) for a, b in zip(q, d))) for d in D]
+    return sorted(range(len(D)), key=lambda j: dist[j]), dist
+
+
+def ref_shared(ql, dl):
+    return sum(int(a) * int(b) for a, b in zip(ql, dl))
+
+
+def ref_map(qB, dB, qL, dL, depth=None, drop_last=False):
+    aps = []
+    for q, ql in zip(qB, qL):
+        order, _ = ref_rank(q, dB)
+        if drop_last:
+            order = order[:-1]
+        if depth is not None:
+            order = order[:depth]
+        hits, total = 0, 0.0
+        for i, j in enumerate(order, start=1):
+            if ref_shared(ql, dL[j]) > 0:
+                hits += 1
+                total += hits / i
+        aps.append(total / hits if hits else 0.0)
+    return sum(aps) / len(aps)
+
+
+def ref_radius(qB, dB, qL, dL, r):
+    """Per query (retrieved, relevant retrieved, relevant in database) within radius r."""
+    rows = []
+    for q, ql in zip(qB, qL):
+        _, dist = ref_rank(q, dB)
+        rel = [ref_shared(ql, dl) > 0 for dl in dL]
+        inside = [j for j in range(len(dB)) if dist[j] <= r]
+        rows.append((len(inside), sum(rel[j] for j in inside), sum(rel)))
+    return rows
+
+
+def ref_p_at(qB, dB, qL, dL, n):
+    ps = []
+    for q, ql in zip(qB, qL):
+        order, _ = ref_rank(q, dB)
+        ps.append(sum(ref_shared(ql, dL[j]) > 0 for j in order[:n]) / n)
+    return sum(ps) / len(ps)
+
+
+def ref_ndcg(qB, dB, qL, dL, k):
+    out = []
+    for q, ql in zip(qB, qL):
+        order, _ = ref_rank(q, dB)
+        rel = [ref_shared(ql, dl) for dl in dL]
+        dcg = sum((2 ** rel[j] - 1) / math.log2(i + 2) for i, j in enumerate(order[:k]))
+        ideal = sorted(rel, reverse=True)[:k]
+        idcg = sum((2 ** g - 1) / math.log2(i + 2) for i, g in enumerate(ideal))
+        out.append(dcg / idcg if idcg > 0 else 0.0)
+    return sum(out) / len(out)
+
+
+def random_case(seed, nq=7, nd=40, bits=6, k=5, zeros=False):
+    """Short codes force many ties; several labels per item make it multi-label."""
+    rng = np.random.default_rng(seed)
+    qB = rng.choice([-1, 1], size=(nq, bits)).astype(np.int8)
+    dB = rng.choice([-1, 1], size=(nd, bits)).astype(np.int8)
+    if zeros:  # the authors' sign(0) = 0
+        qB[rng.random(qB.shape) < 0.2] = 0
+        dB[rng.random(dB.shape) < 0.2] = 0
+    qL = (rng.random((nq, k)) < 0.3).astype(np.uint8)
+    dL = (rng.random((nd, k)) < 0.3).astype(np.uint8)
+    qL[0] = 0  # a query with no relevant item
+    return qB, dB, qL, dL
+
+
+SEEDS = [0, 1, 2, 3]
+
+
+# ---------- against the loops ----------
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("depth,drop_last", [(None, False), (None, True), (5, False), (100, True)])
+def test_map_matches_loop(seed, depth, drop_last):
+    case = random_case(seed, zeros=seed == 3)
+    got = M.mean_average_precision(*case, depth=depth, drop_last=drop_last)
+    assert got == pytest.approx(ref_map(*case, depth=depth, drop_last=drop_last), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_radius_metrics_match_loop(seed):
+    qB, dB, qL, dL = case = random_case(seed, zeros=seed == 3)
+    bits = qB.shape[1]
+    pr = M.pr_curve_by_radius(*case)
+    for r in range(bits + 1):
+        rows = ref_radius(*case, r)
+        with_ret = [g / n for n, g, _ in rows if n > 0]
+        with_rel = [g / t for _, g, t in rows if t > 0]
+        exp_p = sum(with_ret) / len(with_ret) if with_ret else float("nan")
+        assert pr["precision"][r] == pytest.approx(exp_p, nan_ok=True)
+        assert pr["recall"][r] == pytest.approx(sum(with_rel) / len(with_rel))
+        assert pr["retrieved_fraction"][r] == pytest.approx(len(with_ret) / len(rows))
+    rows = ref_radius(*case, 2)
+    exp = sum(g / n if n else 0.0 for n, g, _ in rows) / len(rows)
+    assert M.precision_within_radius(*case, radius=2) == pytest.approx(exp)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_precision_at_n_and_ndcg_match_loop(seed):
+    case = random_case(seed, zeros=seed == 3)
+    got = M.precision_at_n(*case, ns=(1, 5, 17, 40))
+    for n, v in got.items():
+        assert v == pytest.approx(ref_p_at(*case, n))
+    ns, p = M.precision_at_n_curve(*case)
+    assert ns[-1] == 40 and len(ns) == len(p)
+    assert p[3] == pytest.approx(ref_p_at(*case, int(ns[3])))
+    for k in (1, 5, 40, 1000):
+        assert M.ndcg_at_k(*case, k=k) == pytest.approx(ref_ndcg(*case, min(k, 40)))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_evaluate_retrieval_agrees_with_single_functions(seed):
+    case = random_case(seed)
+    res = M.evaluate_retrieval(*case, depth=10, ns=(5, 20, 500), ndcg_k=8)
+    assert res["map"] == pytest.approx(M.mean_average_precision(*case, depth=10))
+    assert res["map_depth"] == 10
+    assert res["precision_at_radius_2"] == pytest.approx(M.precision_within_radius(*case))
+    assert set(res["precision_at_n"]) == {5, 20}  # 500 > database size: skipped
+    assert res["precision_at_n"][20] == pytest.approx(ref_p_at(*case, 20))
+    assert res["ndcg"] == pytest.approx(M.ndcg_at_k(*case, k=8))
+    pr = M.pr_curve_by_radius(*case)
+    assert res["pr_curve"]["recall"] == pytest.approx(list(pr["recall"]))
+    json.dumps(res)  # JSON-ready: NaN became None
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7])
+def test_chunking_gives_same_result(chunk):
+    case = random_case(5, nq=7)
+    whole = M.evaluate_retrieval(*case, ndcg_k=10, chunk_size=100)
+    part = M.evaluate_retrieval(*case, ndcg_k=10, chunk_size=chunk)
+    assert json.dumps(part) == json.dumps(whole)
+
+
+# ---------- hand-computed cases ----------
+
+Q = np.array([[1, 1]])
+# distances to the query: 1, 0, 1, 2, 0
+D = np.array([[1, -1], [1, 1], [-1, 1], [-1, -1], [1, 1]])
+
+
+def one_hot(ids, k=3):
+    return np.eye(k, dtype=np.uint8)[ids]
+
+
+def test_ties_broken_by_database_order():
+    # stable ranking: items 1, 4 (d=0), then 0, 2 (d=1), then 3 (d=2)
+    dL = one_hot([0, 1, 0, 0, 0])  # relevant to class 0: items 0, 2, 3, 4
+    qL = one_hot([0])
+    # relevance along ranking 1,4,0,2,3 -> 0,1,1,1,1; AP = (1/2 + 2/3 + 3/4 + 4/5) / 4
+    exp = (1 / 2 + 2 / 3 + 3 / 4 + 4 / 5) / 4
+    assert M.mean_average_precision(Q, D, qL, dL) == pytest.approx(exp)
+    # item order matters: swapping items 1 and 4 puts the relevant one first
+    D2, dL2 = D[[0, 4, 2, 3, 1]], dL[[0, 4, 2, 3, 1]]
+    exp2 = (1 + 2 / 3 + 3 / 4 + 4 / 5) / 4  # ranking 4,1,0,2,3 -> 1,0,1,1,1
+    assert M.mean_average_precision(Q, D2, qL, dL2) == pytest.approx(exp2)
+    assert M.precision_at_n(Q, D, qL, dL, ns=(1, 2))[1] == 0.0
+    assert M.precision_at_n(Q, D2, qL, dL2, ns=(1, 2))[1] == 1.0
+
+
+def test_depth_below_relevant_count_and_drop_last():
+    dL = one_hot([0, 1, 0, 0, 0])
+    qL = one_hot([0])
+    # top 3 of ranking 1,4,0 -> 0,1,1: R_3 = 2, AP@3 = (1/2 + 2/3) / 2
+    assert M.mean_average_precision(Q, D, qL, dL, depth=3) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # drop_last removes item 3 (last ranked): (1/2 + 2/3 + 3/4) / 3
+    assert M.mean_average_precision(Q, D, qL, dL, drop_last=True) == pytest.approx((1 / 2 + 2 / 3 + 3 / 4) / 3)
+    # and changes nothing when the depth is already below the database size
+    assert M.mean_average_precision(Q, D, qL, dL, depth=3, drop_last=True) == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_query_without_relevant_item_counts_zero():
+    qL = one_hot([0, 2])
+    dL = one_hot([0, 1, 0, 0, 0])  # nothing of class 2
+    Qs = np.array([[1, 1], [1, 1]])
+    one = M.mean_average_precision(Q, D, qL[:1], dL)
+    assert M.mean_average_precision(Qs, D, qL, dL) == pytest.approx(one / 2)
+    assert M.ndcg_at_k(Qs, D, qL, dL, k=5) == pytest.approx(M.ndcg_at_k(Q, D, qL[:1], dL, k=5) / 2)
+    # recall is averaged only over queries with something relevant
+    pr = M.pr_curve_by_radius(Qs, D, qL, dL)
+    assert pr["recall"][2] == 1.0
+
+
+def test_nothing_within_radius():
+    Qf = np.array([[1, 1, 1, 1]])
+    Df = np.array([[-1, -1, -1, 1], [-1, -1, -1, -1]])  # distances 3 and 4
+    lab = one_hot([0, 0])
+    assert M.precision_within_radius(Qf, Df, lab[:1], lab, radius=2) == 0.0
+    pr = M.pr_curve_by_radius(Qf, Df, lab[:1], lab)
+    assert np.isnan(pr["precision"][:3]).all() and pr["retrieved_fraction"][2] == 0.0
+    assert pr["precision"][3] == 1.0 and pr["recall"][3] == 0.5
+    res = M.evaluate_retrieval(Qf, Df, lab[:1], lab)
+    assert res["pr_curve"]["precision"][:3] == [None, None, None]
+
+
+def test_zero_codes_give_half_distances():
+    # sign(0) = 0: distance to [1, 1] from [0, 1] is 0.5, so it is not within radius 0
+    Qz = np.array([[0, 1]])
+    Dz = np.array([[1, 1], [-1, -1]])
+    lab = one_hot([0, 1])
+    pr = M.pr_curve_by_radius(Qz, Dz, lab[:1], lab)
+    assert pr["retrieved_fraction"][0] == 0.0 and pr["precision"][1] == 1.0
+
+
+def test_unstable_ties():
+    # with ties, "unstable" may order equal distances differently but is still a valid mAP
+    case = random_case(4)
+    assert 0.0 <= M.mean_average_precision(*case, ties="unstable") <= 1.0
+    # without ties both rankings are the same
+    one = np.array([[1, 1, 1]])
+    D3 = np.array([[1, 1, 1], [1, 1, -1], [1, -1, -1], [-1, -1, -1]])  # distances 0..3
+    l3 = one_hot([0, 1, 0, 0])
+    assert M.mean_average_precision(one, D3, l3[:1], l3, ties="unstable") == pytest.approx(
+        M.mean_average_precision(one, D3, l3[:1], l3)
+    )
+
+
+def test_memory_bounded_chunks(monkeypatch):
+    # with a tiny budget every query is its own chunk, results unchanged
+    case = random_case(9)
+    full = M.evaluate_retrieval(*case)
+    monkeypatch.setattr(M, "MEMORY_BUDGET", 1)
+    assert json.dumps(M.evaluate_retrieval(*case)) == json.dumps(full)
+
+
+# ---------- validation and config ----------
+
+def test_errors_are_schn_errors():
+    case = random_case(0)
+    qB, dB, qL, dL = case
+    with pytest.raises(SchnError):
+        M.mean_average_precision(qB[:, :3], dB, qL, dL)
+    with pytest.raises(SchnError):
+        M.mean_average_precision(qB * 0.5, dB, qL, dL)
+    with pytest.raises(SchnError):
+        M.mean_average_precision(*case, ties="random")
+    with pytest.raises(SchnError):
+        M.mean_average_precision(*case, depth=0)
+    with pytest.raises(SchnError):
+        M.precision_at_n(*case, ns=(41,))
+    with pytest.raises(SchnError):
+        M.mean_average_precision(qB, dB, qL[:2], dL)
+
+
+def test_eval_config():
+    cfg = M.EvalConfig()
+    assert cfg.precision_at == [100, 500, 1000, 5000] and cfg.ties == "stable"
+    assert cfg.ndcg_depth(True) == 1000 and cfg.ndcg_depth(False) is None
+    assert M.EvalConfig(ndcg_k=50).ndcg_depth(False) == 50
+    for bad in ({"map_depth": 0}, {"radius": -1}, {"precision_at": [0]}, {"ties": "x"},
+                {"drop_last": "yes"}, {"ndcg_k": -3}):
+        with pytest.raises(SchnError):
+            M.EvalConfig(**bad)
+    case = random_case(1)
+    res = M.evaluate(*case, M.EvalConfig(map_depth=10, precision_at=[5], drop_last=True))
+    assert res["map_depth"] == 10 and res["ndcg_k"] == 1000  # random_case is multi-label
+    assert res["map"] == pytest.approx(ref_map(*case, depth=10))
+
+
+def test_torch_inputs():
+    torch = pytest.importorskip("torch")
+    qB, dB, qL, dL = random_case(2)
+    t = [torch.as_tensor(a) for a in (qB, dB, qL, dL)]
+    assert M.mean_average_precision(*t) == pytest.approx(M.mean_average_precision(qB, dB, qL, dL))
