@@ -1,0 +1,307 @@
+"""SCHN: Semantically Cycle-consistent Hashing Networks.
+
+Reference: "Discriminative Visual Similarity Search with Semantically Cycle-consistent Hashing
+Networks", ACM TOMM 18(2s), 2022 (variant ``tomm``), and its ACM Multimedia Asia 2021 version
+(variant ``mmasia``). The algorithm as implemented is fixed by ``shared/docs/method.md``.
+
+Decisions where that page is silent:
+- the interaction module's inputs ``F_I``, ``F_L`` are detached (method.md); the reconstruction
+  terms ``mean((U_hat - U)^2)`` reach the image and label nets through their own hash outputs
+  ``U_I``, ``U_L`` only (``detach_rec_targets=True`` cuts that too, for comparison);
+- one Adam per network (image net, label net, interaction module, discriminator); the
+  backbone, when trainable, is a second parameter group of the image-net Adam with
+  ``lr * backbone_lr_scale``;
+- the ``U_I``, ``U_L``, ``U_Z`` kept for the discrete update are those of the training forward
+  pass (train mode) of the iteration's last epoch; a position seen twice keeps the last one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as nnf
+from torch import nn
+
+from ..errors import SchnError
+from .base import HashingMethod
+from .schn_loss import (
+    SIGN_ZERO_CHOICES,
+    asymmetric_loss,
+    discrete_objective,
+    discrete_update,
+    similarity,
+    soft_similarity,
+)
+from .schn_nets import (
+    GRAPH_NORM_CHOICES,
+    LATENT_ACTIVATION_CHOICES,
+    VARIANT_CHOICES,
+    Discriminator,
+    ImageNet,
+    InteractionModule,
+    LabelNet,
+)
+
+__all__ = [
+    "SCHN", "SCHNConfig", "asymmetric_loss", "discrete_objective", "discrete_update",
+    "similarity", "soft_similarity",
+]
+
+INIT_CODES_CHOICES = ("random", "zeros")
+
+
+@dataclass
+class SCHNConfig:
+    """SCHN options. Defaults: method.md (authors' values; sane column of its last table)."""
+
+    variant: str = "mmasia"             # "tomm" adds the adversarial discriminator
+    alpha: float = 2.0                  # weight of U_L in the discrete update
+    beta: float = 0.1                   # weight of U_Z in the discrete update
+    gamma: float = 10.0                 # quantisation weight (loss and update)
+    lr: float = 4e-5
+    weight_decay: float = 1e-5
+    init_codes: str = "random"          # "zeros" = authors' code
+    latent_activation: str = "sigmoid"  # U_Z activation, as the authors; "tanh" for comparison
+    sign_zero: str = "plus_one"         # "zero" = authors' sign(0) = 0 in the discrete update
+    full_similarity: bool = False       # True = authors': S~ over Omega x D, then sliced
+    graph_norm: str = "none"            # GCN adjacency: "none" (the doc's A), "row", "symmetric"
+    attention_dim: int = 512
+    latent_dim: int = 1024
+    dropout: float = 0.5
+    backbone_lr_scale: float = 1.0      # lr multiplier for a trainable backbone
+    detach_rec_targets: bool = False    # True: reconstruction terms train the interaction module only
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        choices = {
+            "variant": VARIANT_CHOICES, "init_codes": INIT_CODES_CHOICES,
+            "latent_activation": LATENT_ACTIVATION_CHOICES, "sign_zero": SIGN_ZERO_CHOICES,
+            "graph_norm": GRAPH_NORM_CHOICES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SchnError(
+                    f"method option {name}={getattr(self, name)!r} is not valid; "
+                    f"choose one of: {', '.join(allowed)}"
+                )
+        for name in ("alpha", "beta", "gamma", "weight_decay", "backbone_lr_scale"):
+            if not getattr(self, name) >= 0:
+                raise SchnError(f"method option {name}={getattr(self, name)!r} must be >= 0")
+        if not self.lr > 0:
+            raise SchnError(f"method option lr={self.lr!r} must be > 0")
+        for name in ("attention_dim", "latent_dim"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
+                raise SchnError(f"method option {name}={getattr(self, name)!r} must be a positive integer")
+        if not 0 <= self.dropout < 1:
+            raise SchnError(f"method option dropout={self.dropout!r} must be in [0, 1)")
+        if not isinstance(self.full_similarity, bool):
+            raise SchnError(f"method option full_similarity={self.full_similarity!r} must be true or false")
+
+
+class SCHN(HashingMethod):
+    """Asymmetric SCHN: image/label/interaction nets, learned database codes ``B``."""
+
+    config_class = SCHNConfig
+
+    def __init__(
+        self,
+        config: SCHNConfig,
+        backbone: nn.Module,
+        feature_dim: int,
+        num_classes: int,
+        bits: int,
+        train_labels: torch.Tensor,
+        device: torch.device | str = "cpu",
+    ):
+        super().__init__()
+        config.validate()
+        train_labels = torch.as_tensor(train_labels).float()
+        if train_labels.ndim != 2 or train_labels.shape[1] != num_classes:
+            raise SchnError(
+                f"train labels must be (n_train, {num_classes}) multi-hot, got shape {tuple(train_labels.shape)}"
+            )
+        if bits < 1:
+            raise SchnError(f"code length must be at least 1 bit, got {bits}")
+        self.config = config
+        self.bits = int(bits)
+        self.device = torch.device(device)
+        cfg = config
+
+        self.image_net = ImageNet(backbone, feature_dim, bits)
+        self.label_net = LabelNet(num_classes, bits)
+        self.interaction = InteractionModule(
+            feature_dim, bits, cfg.variant, cfg.attention_dim, cfg.latent_dim, cfg.dropout,
+            cfg.latent_activation, cfg.graph_norm,
+        )
+        self.discriminator = Discriminator(bits) if cfg.variant == "tomm" else None
+
+        n = train_labels.shape[0]
+        if cfg.init_codes == "random":
+            # Own generator seeded from torch's global RNG: the engine's seed fixes B.
+            gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+            B = torch.randint(0, 2, (n, bits), generator=gen).float() * 2 - 1
+        else:
+            B = torch.zeros(n, bits)
+        self.register_buffer("B", B)
+        self.register_buffer("train_labels", train_labels, persistent=False)
+        self.to(self.device)
+
+        def adam(groups):
+            return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+        backbone_params = [p for p in backbone.parameters() if p.requires_grad]
+        image_groups = [{"params": list(self.image_net.hash.parameters())}]
+        if backbone_params:
+            image_groups.append({"params": backbone_params, "lr": cfg.lr * cfg.backbone_lr_scale})
+        self.optimizers = {
+            "image": adam(image_groups),
+            "label": adam(self.label_net.parameters()),
+            "interaction": adam(self.interaction.parameters()),
+        }
+        if self.discriminator is not None:
+            self.optimizers["discriminator"] = adam(self.discriminator.parameters())
+        self._clear_records()
+
+    # ----- records of the last epoch, for the discrete update -----
+    def _clear_records(self) -> None:
+        self._recorded = torch.zeros(self.B.shape[0], dtype=torch.bool, device=self.B.device)
+        self._rec = {k: torch.zeros_like(self.B) for k in ("image", "label", "latent")}
+
+    def begin_iteration(self, iteration, sample) -> None:
+        self._clear_records()
+
+    # ----- mini-batch -----
+    @staticmethod
+    def label_graph(labels: torch.Tensor) -> torch.Tensor:
+        """``A_ij = 1[y_i . y_j > 0]`` with self loops forced (an unlabelled item keeps one)."""
+        A = similarity(labels, labels)
+        A.fill_diagonal_(1.0)
+        return A
+
+    def compute_losses(self, inputs, labels, positions) -> tuple[dict[str, torch.Tensor], dict]:
+        """Forward pass and every term of ``L``; also returns the outputs (for recording)."""
+        F_I, U_I = self.image_net(inputs)
+        F_L, U_L = self.label_net(labels)
+        out = self.interaction(F_I.detach(), F_L.detach(), self.label_graph(labels))
+        B_b = self.B[positions]
+        S_b = similarity(labels, labels)
+        g = self.config.gamma
+        target_I, target_L = (U_I.detach(), U_L.detach()) if self.config.detach_rec_targets else (U_I, U_L)
+        terms = {
+            "loss_image": asymmetric_loss(U_I, B_b, S_b, g),
+            "loss_label": asymmetric_loss(U_L, B_b, S_b, g),
+            "loss_latent": asymmetric_loss(out.latent, B_b, S_b, g),
+            "loss_rec_image": ((out.rec_image - target_I) ** 2).mean(),
+            "loss_rec_label": ((out.rec_label - target_L) ** 2).mean(),
+        }
+        terms["loss"] = sum(terms.values())
+        return terms, {"image": U_I, "label": U_L, "latent": out.latent}
+
+    def _to_device(self, inputs, labels, positions):
+        return (inputs.to(self.device), labels.to(self.device).float(),
+                torch.as_tensor(positions, device=self.device).long())
+
+    def training_step(self, inputs, labels, positions, record) -> dict[str, float]:
+        self.train()
+        inputs, labels, positions = self._to_device(inputs, labels, positions)
+        terms, outputs = self.compute_losses(inputs, labels, positions)
+        main = [self.optimizers[k] for k in ("image", "label", "interaction")]
+        for opt in main:
+            opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        for opt in main:
+            opt.step()
+        if record:
+            self._recorded[positions] = True
+            for k, v in outputs.items():
+                self._rec[k][positions] = v.detach()
+        result = {k: float(v.detach()) for k, v in terms.items()}
+        if self.discriminator is not None:
+            result.update(self._adversarial_steps(inputs, labels))
+        return result
+
+    # ----- journal variant -----
+    def _adversarial_steps(self, inputs, labels) -> dict[str, float]:
+        # Fresh pass after the step on L. Only the interaction module is updated from here on,
+        # so the image and label nets run without gradient (same values as a full pass).
+        with torch.no_grad():
+            F_I, U_I = self.image_net(inputs)
+            F_L, U_L = self.label_net(labels)
+        out = self.interaction(F_I, F_L, self.label_graph(labels))
+        loss_disc = self._discriminator_step(U_I, U_L, out.rec_image.detach(), out.rec_label.detach())
+        loss_gen = self._generator_step(out.rec_image, out.rec_label)
+        return {"loss_disc": loss_disc, "loss_gen": loss_gen}
+
+    def _discriminator_step(self, real_image, real_label, fake_image, fake_label) -> float:
+        d, bce = self.discriminator, nnf.binary_cross_entropy_with_logits
+        real_i, real_l = d.image_logit(real_image), d.label_logit(real_label)
+        fake_i, fake_l = d.image_logit(fake_image), d.label_logit(fake_label)
+        loss = (bce(real_i, torch.ones_like(real_i)) + bce(fake_i, torch.zeros_like(fake_i))
+                + bce(real_l, torch.ones_like(real_l)) + bce(fake_l, torch.zeros_like(fake_l)))
+        opt = self.optimizers["discriminator"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    def _generator_step(self, rec_image, rec_label) -> float:
+        d, bce = self.discriminator, nnf.binary_cross_entropy_with_logits
+        fake_i, fake_l = d.image_logit(rec_image), d.label_logit(rec_label)
+        loss = bce(fake_i, torch.ones_like(fake_i)) + bce(fake_l, torch.ones_like(fake_l))
+        opt = self.optimizers["interaction"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # also fills discriminator grads; its optimiser clears them before use
+        opt.step()
+        return float(loss.detach())
+
+    # ----- discrete update -----
+    @torch.no_grad()
+    def end_iteration(self) -> dict[str, float]:
+        omega = self._recorded.nonzero().squeeze(1)
+        if omega.numel() == 0:
+            return {}
+        cfg = self.config
+        labels = self.train_labels[omega]
+        if cfg.full_similarity:
+            # Authors' way: r is taken over the whole Omega x D matrix, then Omega x Omega is kept.
+            S_tilde = soft_similarity(labels, self.train_labels)[:, omega]
+        else:
+            S_tilde = soft_similarity(labels, labels)
+        old = self.B[omega]
+        new = discrete_update(
+            old, self._rec["image"][omega], self._rec["label"][omega], self._rec["latent"][omega],
+            S_tilde, cfg.gamma, cfg.alpha, cfg.beta, cfg.sign_zero,
+        )
+        self.B[omega] = new
+        self._clear_records()
+        return {"bits_changed": float((new != old).float().mean()), "codes_updated": float(omega.numel())}
+
+    # ----- codes -----
+    @torch.no_grad()
+    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.eval()
+        return self.image_net(inputs.to(self.device))[1]
+
+    def database_codes(self) -> torch.Tensor:
+        return self.B.detach().clone()
+
+    @torch.no_grad()
+    def set_database_codes(self, positions, codes) -> None:
+        positions = torch.as_tensor(positions, device=self.B.device).long()
+        self.B[positions] = torch.as_tensor(codes).to(self.B)
+
+    # ----- checkpoints -----
+    def optimizer_states(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_optimizer_states(self, states: dict) -> None:
+        missing = sorted(set(self.optimizers) - set(states))
+        if missing:
+            raise SchnError(
+                f"checkpoint lacks optimiser state(s) {', '.join(missing)}; "
+                f"was it written with another SCHN variant?"
+            )
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(states[name])
