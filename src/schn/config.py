@@ -36,7 +36,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" = cuda if available, else cpu; or "cpu", "cuda", "cuda:1", "mps"
     encode_batch_size: int = 256
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         for name in ("bits", "iterations", "epochs_per_iteration", "batch_size", "num_samples", "val_every"):
             if getattr(self, name) < 1:
                 raise SchnError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -78,9 +78,9 @@ SECTIONS = ("data", "split", "model", "method", "train", "eval", "run")
 
 
 def _method_config_class(name: str):
-    from .methods import method_config_class
+    from .methods import METHODS
 
-    return method_config_class(name)
+    return METHODS.get(name).config_class
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -130,7 +130,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def _fill(cls, values: dict, section: str):
+def fill_dataclass(cls, values: dict, section: str):
     if not isinstance(values, dict):
         raise SchnError(f"config section {section!r} must be a mapping of keys to values")
     known = {f.name: f for f in dataclasses.fields(cls)}
@@ -142,7 +142,7 @@ def _fill(cls, values: dict, section: str):
             hint = f"; did you mean {section}.{close[0]}?" if close else f"; known keys: {', '.join(known)}"
             raise SchnError(f"unknown config key {section}.{key}{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
-    obj = cls(**kwargs)
+    obj = cls(**kwargs)  # __post_init__ checks values where a config defines it
     if hasattr(obj, "check"):
         obj.check()
     return obj
@@ -195,14 +195,14 @@ def config_from_dict(raw: dict) -> Config:
     method_values = dict(raw.get("method", {}))
     method_name = str(method_values.pop("name", "schn"))
     return Config(
-        data=_fill(DataConfig, raw.get("data", {}), "data"),
-        split=_fill(SplitConfig, raw.get("split", {}), "split"),
-        model=_fill(ModelConfig, raw.get("model", {}), "model"),
-        method=_fill(_method_config_class(method_name), method_values, "method"),
+        data=fill_dataclass(DataConfig, raw.get("data", {}), "data"),
+        split=fill_dataclass(SplitConfig, raw.get("split", {}), "split"),
+        model=fill_dataclass(ModelConfig, raw.get("model", {}), "model"),
+        method=fill_dataclass(_method_config_class(method_name), method_values, "method"),
         method_name=method_name,
-        train=_fill(TrainConfig, raw.get("train", {}), "train"),
-        eval=_fill(EvalConfig, raw.get("eval", {}), "eval"),
-        run=_fill(RunConfig, raw.get("run", {}), "run"),
+        train=fill_dataclass(TrainConfig, raw.get("train", {}), "train"),
+        eval=fill_dataclass(EvalConfig, raw.get("eval", {}), "eval"),
+        run=fill_dataclass(RunConfig, raw.get("run", {}), "run"),
     )
 
 

@@ -62,8 +62,13 @@ class ModelInputs:
             mean, std = backbone.mean, backbone.std
         else:
             mean, std = self.dataset.default_mean_std()
+        return build_transform(backbone.preprocess, train, self.input_size(backbone), mean, std,
+                               self.dataset.channels)
+
+    def input_size(self, backbone) -> int:
+        """Configured size, else the backbone's default, else the images' own size (small CNN)."""
         size = self.cfg.input_size or backbone.default_input_size
-        return build_transform(backbone.preprocess, train, size, mean, std, self.dataset.channels)
+        return int(size or min(self.dataset.load_image(0).size))
 
     def view(self, indices, train: bool):
         """Items ``(input, label, position)`` for data set ``indices``; train=True adds augmentation."""

@@ -53,7 +53,8 @@ def _split_metrics(result: dict) -> tuple[dict, dict]:
     return scalars, curves
 
 
-def write_evaluation(run_dir: Path, cfg: Config, evaluation: dict, extra: dict, split) -> dict:
+def write_evaluation(run_dir: Path, cfg: Config, evaluation: dict, extra: dict, split, labels: np.ndarray,
+                     class_names) -> dict:
     """metrics.json (scalars, asymmetric first), curves.json, codes.npz; all atomic."""
     asym, asym_curves = _split_metrics(evaluation["asymmetric"])
     metrics = {"method": cfg.method_name, "data": cfg.data.name, "bits": cfg.train.bits, **asym}
@@ -69,7 +70,8 @@ def write_evaluation(run_dir: Path, cfg: Config, evaluation: dict, extra: dict, 
         np.savez(tmp, bits=cfg.train.bits,
                  query_codes=codes_mod.pack(evaluation["codes"]["query"]), query_indices=split.query,
                  database_codes=codes_mod.pack(evaluation["codes"]["database"]),
-                 database_indices=split.database)
+                 database_indices=split.database, query_labels=labels[split.query],
+                 class_names=np.array(list(class_names or []), dtype=str))
     return metrics
 
 
@@ -98,7 +100,7 @@ def train_run(cfg: Config, progress: bool = True, echo=print) -> tuple[Path, dic
 
     result = train_method(cfg, method, inputs, split, labels, device, log=log, progress=progress)
     save_checkpoint(run_dir / "checkpoint.pt", cfg, method, inputs, labels.shape[1], len(split.train),
-                    getattr(dataset, "class_names", None))
+                    dataset.class_names)
     evaluation = evaluate_method(method, inputs, split, labels, cfg.eval, device,
                                  cfg.train.encode_batch_size, progress=progress)
     extra = {
@@ -110,7 +112,7 @@ def train_run(cfg: Config, progress: bool = True, echo=print) -> tuple[Path, dic
         "unsampled_encoded_by_network": result.filled_unsampled,
         "device": str(device),
     }
-    return run_dir, write_evaluation(run_dir, cfg, evaluation, extra, split)
+    return run_dir, write_evaluation(run_dir, cfg, evaluation, extra, split, labels, dataset.class_names)
 
 
 def input_spec(inputs: ModelInputs) -> dict:
@@ -120,7 +122,7 @@ def input_spec(inputs: ModelInputs) -> dict:
         mean, std = backbone.mean, backbone.std
     else:
         mean, std = inputs.dataset.default_mean_std()
-    return {"preprocess": backbone.preprocess, "input_size": inputs.cfg.input_size or backbone.default_input_size,
+    return {"preprocess": backbone.preprocess, "input_size": inputs.input_size(backbone),
             "mean": [float(v) for v in mean], "std": [float(v) for v in std], "channels": inputs.dataset.channels}
 
 
@@ -198,4 +200,4 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, progress: bool 
             "unsampled_encoded_by_network")
     extra = {k: previous[k] for k in keep if k in previous}
     extra["device"] = str(run.device)
-    return write_evaluation(run.path, cfg, evaluation, extra, split)
+    return write_evaluation(run.path, cfg, evaluation, extra, split, labels, dataset.class_names)
