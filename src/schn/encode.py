@@ -14,11 +14,11 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from . import codes as codes_mod
-from .backbones import create_backbone
 from .data import build_transform
 from .errors import SchnError
 from .evaluate import encode_view
 from .fileio import atomic_path
+from .inputs import backbone_for
 from .runs import open_run
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -71,8 +71,7 @@ def encode_images(run_dir, paths, out_path, device: str | None = None, batch_siz
     backbone = None
     if run.cfg.model.frozen:
         # trained on cached features: the same frozen backbone turns images into features
-        backbone = create_backbone(run.cfg.model.backbone, run.cfg.model.weights, in_channels=spec["channels"],
-                                   image_size=run.cfg.model.input_size).to(run.device).eval()
+        backbone = backbone_for(run.cfg.model, spec["channels"], spec["input_size"]).to(run.device).eval()
     signed = encode_view(run.method, ImageFiles(files, transform, spec["channels"]), run.device, batch_size,
                          progress=progress, desc="encode", backbone=backbone)
     with atomic_path(out_path, suffix=".npz") as tmp:

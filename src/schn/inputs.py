@@ -30,6 +30,31 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def input_size_for(backbone, dataset, configured: int | None) -> int:
+    """Configured size, else the backbone's default, else the images' own size (small CNN)."""
+    size = configured or backbone.default_input_size
+    return int(size or min(dataset.load_image(0).size))
+
+
+def backbone_for(model_cfg: ModelConfig, channels: int, image_size: int, weights: str | None = None) -> nn.Module:
+    """The configured backbone for images of ``channels`` and side ``image_size`` (the input size
+    when one is configured); ``weights`` overrides the configured ones (e.g. "none" before loading
+    a checkpoint)."""
+    return create_backbone(model_cfg.backbone, model_cfg.weights if weights is None else weights,
+                           in_channels=channels, image_size=model_cfg.input_size or image_size,
+                           width=model_cfg.width)
+
+
+def backbone_transform(backbone: nn.Module, dataset: HashingDataset, train: bool, input_size: int | None):
+    """The transform a backbone expects: ImageNet statistics, or the data set's own (small CNN)."""
+    if backbone.preprocess == "imagenet":
+        mean, std = backbone.mean, backbone.std
+    else:
+        mean, std = dataset.default_mean_std()
+    return build_transform(backbone.preprocess, train, input_size_for(backbone, dataset, input_size),
+                           mean, std, dataset.channels)
+
+
 class ModelInputs:
     """Builds the backbone and the data views for one data set and model config."""
 
@@ -43,10 +68,8 @@ class ModelInputs:
         if model_cfg.frozen:
             from .features import cached_features
 
-            self._features = cached_features(
-                dataset, model_cfg.backbone, model_cfg.weights, model_cfg.input_size,
-                model_cfg.cache_dir, device=device, progress=progress, num_workers=num_workers,
-            )
+            self._features = cached_features(dataset, model_cfg, device=device, progress=progress,
+                                             num_workers=num_workers)
             self.backbone: nn.Module = nn.Identity()
             self.feature_dim = int(self._features.shape[1])
         else:
@@ -54,21 +77,13 @@ class ModelInputs:
             self.feature_dim = self.backbone.feature_dim
 
     def _create_backbone(self) -> nn.Module:
-        return create_backbone(self.cfg.backbone, self.cfg.weights, in_channels=self.dataset.channels,
-                               image_size=self.cfg.input_size)
+        return backbone_for(self.cfg, self.dataset.channels, min(self.dataset.load_image(0).size))
 
     def _transform(self, backbone: nn.Module, train: bool):
-        if backbone.preprocess == "imagenet":
-            mean, std = backbone.mean, backbone.std
-        else:
-            mean, std = self.dataset.default_mean_std()
-        return build_transform(backbone.preprocess, train, self.input_size(backbone), mean, std,
-                               self.dataset.channels)
+        return backbone_transform(backbone, self.dataset, train, self.cfg.input_size)
 
     def input_size(self, backbone) -> int:
-        """Configured size, else the backbone's default, else the images' own size (small CNN)."""
-        size = self.cfg.input_size or backbone.default_input_size
-        return int(size or min(self.dataset.load_image(0).size))
+        return input_size_for(backbone, self.dataset, self.cfg.input_size)
 
     def view(self, indices, train: bool):
         """Items ``(input, label, position)`` for data set ``indices``; train=True adds augmentation."""

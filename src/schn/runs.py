@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import codes as codes_mod
 from .config import Config, config_from_dict, dump_config
@@ -25,7 +26,7 @@ from .engine import seed_everything, train_method
 from .errors import SchnError
 from .evaluate import evaluate_method
 from .fileio import atomic_path, write_json, write_text
-from .inputs import ModelInputs, resolve_device
+from .inputs import ModelInputs, backbone_for, resolve_device
 from .methods import create_method
 
 CHECKPOINT_FORMAT = "schn-checkpoint-1"
@@ -147,7 +148,7 @@ class LoadedRun:
     device: torch.device
 
 
-def open_run(run_dir: str | Path, device: str | None = None, backbone=None, feature_dim=None) -> LoadedRun:
+def open_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
     """Load a run's config and checkpoint and rebuild its method (no data set needed)."""
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoint.pt"
@@ -163,18 +164,14 @@ def open_run(run_dir: str | Path, device: str | None = None, backbone=None, feat
         raise SchnError(f"{ckpt_path} is not a schn checkpoint (format {CHECKPOINT_FORMAT})")
     cfg = config_from_dict(ckpt["config"])
     dev = resolve_device(device or cfg.train.device)
-    from torch import nn
 
-    from .backbones import create_backbone
-
-    if backbone is None:
-        if cfg.model.frozen:
-            backbone, feature_dim = nn.Identity(), ckpt["feature_dim"]
-        else:
-            # weights come from the checkpoint, so the backbone starts empty (works offline)
-            backbone = create_backbone(cfg.model.backbone, "none", in_channels=ckpt["input_spec"]["channels"],
-                                       image_size=cfg.model.input_size)
-            feature_dim = backbone.feature_dim
+    if cfg.model.frozen:
+        backbone, feature_dim = nn.Identity(), ckpt["feature_dim"]
+    else:
+        # weights come from the checkpoint, so the backbone starts empty (works offline)
+        spec = ckpt["input_spec"]
+        backbone = backbone_for(cfg.model, spec["channels"], spec["input_size"], weights="none")
+        feature_dim = backbone.feature_dim
     train_labels = torch.zeros(ckpt["n_train"], ckpt["num_classes"])
     method = create_method(cfg.method_name, cfg.method, backbone, feature_dim, ckpt["num_classes"],
                            ckpt["bits"], train_labels, dev)
