@@ -60,6 +60,8 @@ class ModelConfig:
     def check(self) -> None:
         if self.feature_precision not in ("fp32", "bf16"):
             raise SchnError(f"model.feature_precision must be fp32 or bf16, got {self.feature_precision!r}")
+        if self.frozen and self.weights in ("", "none"):
+            raise SchnError("model.frozen=true needs pretrained weights: set model.weights=imagenet or a state-dict path")
         if self.input_size is not None and self.input_size < 8:
             raise SchnError(f"model.input_size must be at least 8, got {self.input_size}")
 
