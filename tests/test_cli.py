@@ -106,3 +106,11 @@ def test_encode_refuses_unreadable_image(run_dir, tmp_path, capsys):
     assert main(["encode", str(run_dir), str(bad), "-o", str(tmp_path / "o.npz"), "--quiet"]) == 2
     assert "cannot read image" in capsys.readouterr().err
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_saved_split_is_reused_by_path(run_dir, tmp_path):
+    split_file = run_dir / "split.json"
+    args = ["train", "--config", DIGITS, *FAST, "--set", f"split.file={split_file}", "--set", "split.seed=123",
+            "--set", f"run.out_dir={tmp_path}", "--set", "run.name=again", "--quiet"]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "again" / "split.json").read_text()) == json.loads(split_file.read_text())

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 
 from ..errors import SchnError
+from ..fileio import write_text
 from ..registry import Registry
 from .config import SplitConfig
 
@@ -32,16 +31,7 @@ class Split:
         """Write JSON atomically: a temp file in the same folder, then a rename."""
         blob = {"protocol": self.protocol, "seed": self.seed, "n_items": self.n_items}
         blob.update({part: getattr(self, part).tolist() for part in _PARTS})
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(blob, f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_text(path, json.dumps(blob))
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{p}={len(getattr(self, p))}" for p in _PARTS)
