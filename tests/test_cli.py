@@ -114,3 +114,29 @@ def test_saved_split_is_reused_by_path(run_dir, tmp_path):
             "--set", f"run.out_dir={tmp_path}", "--set", "run.name=again", "--quiet"]
     assert main(args) == 0
     assert json.loads((tmp_path / "again" / "split.json").read_text()) == json.loads(split_file.read_text())
+
+
+def test_bad_image_inside_dataloader_workers_is_still_one_line(run_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    folder = tmp_path / "data" / "a"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    (folder / "4.png").write_bytes(b"garbage")
+    args = ["train", "--config", DIGITS, *FAST, "--set", "data.name=image_folder",
+            "--set", f"data.root={tmp_path / 'data'}", "--set", "split.protocol=random", "--set", "split.query_size=1",
+            "--set", "split.val_size=0", "--set", "train.num_workers=1", "--set", f"run.out_dir={tmp_path}", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "4.png" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_unwritable_output_is_one_line(run_dir, tmp_path, capsys):
+    image = tmp_path / "d.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder is needed")
+    code = main(["encode", str(run_dir), str(image), "-o", str(blocker / "x.npz"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "blocker" in err and "\n" not in err

@@ -133,12 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """The user-facing line of an error. DataLoader workers re-raise a SchnError with the
+    worker's traceback folded into the message; its last line holds the original message."""
+    text = str(exc).strip()
+    if "Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith(("schn.errors.SchnError", "SchnError")) else last
+    return " ".join(text.split()) or exc.__class__.__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except SchnError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # permissions, a full disk, a path that vanished: the user's to fix
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or one_line(exc)}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
