@@ -140,3 +140,18 @@ def test_unwritable_output_is_one_line(run_dir, tmp_path, capsys):
     code = main(["encode", str(run_dir), str(image), "-o", str(blocker / "x.npz"), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "blocker" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("select, log_key", [("last", None), ("test", "query_map_for_selection")])
+def test_other_model_selections_are_labelled(select, log_key, tmp_path):
+    args = ["train", "--config", DIGITS, *FAST, "--set", f"train.select={select}",
+            "--set", f"run.out_dir={tmp_path}", "--set", "run.name=s", "--quiet"]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert metrics["model_selection"] == select
+    log = [json.loads(line) for line in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
+    assert all("val_map" not in r for r in log)
+    if log_key:
+        assert all(log_key in r for r in log)
+    else:
+        assert metrics["selected_iteration"] == 2
