@@ -51,6 +51,7 @@ class SampleSchedule:
 class TrainResult:
     seconds: float = 0.0
     images: int = 0
+    model_selection: str = "last"  # what selected the iteration: "val", "last" or "test"
     selected_iteration: int = 0
     best_val_map: float | None = None
     filled_unsampled: int = 0
@@ -79,7 +80,7 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
     steps_per_epoch = math.ceil(schedule.m / tc.batch_size)
     bar = tqdm(total=tc.iterations * tc.epochs_per_iteration * steps_per_epoch, disable=not progress,
                desc=f"train {cfg.method_name} {tc.bits} bits", unit="step", dynamic_ncols=True)
-    result = TrainResult()
+    result = TrainResult(model_selection=select)
     best_state, best_score = None, -math.inf
     try:
         for it in range(tc.iterations):

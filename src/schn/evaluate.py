@@ -41,23 +41,25 @@ def encode_view(method, view, device, batch_size: int = 256, num_workers: int = 
     return torch.cat(chunks).numpy()
 
 
-def database_codes(method, inputs, split, device, batch_size: int, progress: bool = False,
+def database_codes(method, inputs, indices, train_indices, device, batch_size: int, progress: bool = False,
                    symmetric: bool = False) -> np.ndarray:
-    """Codes of ``split.database`` in its order: learned codes for training-pool items, unless
-    ``symmetric`` or the method learns none; the image network for the rest."""
+    """Codes of data set ``indices`` in their order: the learned codes for items of the training
+    pool ``train_indices``, unless ``symmetric`` or the method learns none; the image network
+    for the rest."""
+    indices = np.asarray(indices)
     learned = None if symmetric else method.database_codes()
-    codes = np.zeros((len(split.database), method.bits), dtype=np.float32)
+    codes = np.zeros((len(indices), method.bits), dtype=np.float32)
     if learned is not None:
         learned = learned.detach().float().cpu().numpy()
-        pos_in_train = {int(g): p for p, g in enumerate(split.train)}
-        rows = np.array([pos_in_train.get(int(g), -1) for g in split.database])
+        pos_in_train = {int(g): p for p, g in enumerate(train_indices)}
+        rows = np.array([pos_in_train.get(int(g), -1) for g in indices], dtype=np.int64)
         have = rows >= 0
         codes[have] = learned[rows[have]]
         missing = np.flatnonzero(~have)
     else:
-        missing = np.arange(len(split.database))
+        missing = np.arange(len(indices))
     if len(missing):
-        view = inputs.view(np.asarray(split.database)[missing], train=False)
+        view = inputs.view(indices[missing], train=False)
         codes[missing] = encode_view(method, view, device, batch_size, progress=progress,
                                      desc="encode database")
     return codes
@@ -73,17 +75,16 @@ def evaluate_method(method, inputs, split, labels: np.ndarray, eval_cfg: EvalCon
     query = encode_view(method, inputs.view(split.query, train=False), device, batch_size,
                         progress=progress, desc="encode queries")
     q_labels, d_labels = labels[split.query], labels[split.database]
-    ndcg_k = eval_cfg.ndcg_k
-    if ndcg_k is None and (labels.sum(axis=1) > 1).any():
-        ndcg_k = 1000
     kwargs = dict(depth=eval_cfg.map_depth, radius=eval_cfg.radius, ns=tuple(eval_cfg.precision_at),
-                  drop_last=eval_cfg.drop_last, ties=eval_cfg.ties, ndcg_k=ndcg_k)
+                  drop_last=eval_cfg.drop_last, ties=eval_cfg.ties,
+                  ndcg_k=eval_cfg.ndcg_depth(bool((labels.sum(axis=1) > 1).any())))
     out = {"codes": {"query": query}}
-    db = database_codes(method, inputs, split, device, batch_size, progress)
+    db = database_codes(method, inputs, split.database, split.train, device, batch_size, progress)
     out["asymmetric"] = evaluate_retrieval(query, db, q_labels, d_labels, **kwargs)
     out["codes"]["database"] = db
     if symmetric and method.database_codes() is not None:
-        db_sym = database_codes(method, inputs, split, device, batch_size, progress, symmetric=True)
+        db_sym = database_codes(method, inputs, split.database, split.train, device, batch_size, progress,
+                                symmetric=True)
         out["symmetric"] = evaluate_retrieval(query, db_sym, q_labels, d_labels, **kwargs)
     return out
 
@@ -97,11 +98,6 @@ def validation_map(method, inputs, split, labels: np.ndarray, eval_cfg: EvalConf
     queries = split.val if on == "val" else split.query
     q = encode_view(method, inputs.view(queries, train=False), device, batch_size)
     pool = split.train if on == "val" else split.database
-    if on == "val":
-        learned = method.database_codes()
-        db = (learned.detach().float().cpu().numpy() if learned is not None
-              else encode_view(method, inputs.view(pool, train=False), device, batch_size))
-    else:
-        db = database_codes(method, inputs, split, device, batch_size)
+    db = database_codes(method, inputs, pool, split.train, device, batch_size)
     return float(mean_average_precision(q, db, labels[queries], labels[pool], depth=eval_cfg.map_depth,
                                         drop_last=eval_cfg.drop_last, ties=eval_cfg.ties))

@@ -107,7 +107,7 @@ def train_run(cfg: Config, progress: bool = True, echo=print) -> tuple[Path, dic
     extra = {
         "train_seconds": round(result.seconds, 2),
         "images_per_second": round(result.images_per_second, 1),
-        "model_selection": cfg.train.select if len(split.val) or cfg.train.select != "val" else "last",
+        "model_selection": result.model_selection,
         "selected_iteration": result.selected_iteration,
         "best_val_map": result.best_val_map,
         "unsampled_encoded_by_network": result.filled_unsampled,
