@@ -33,7 +33,8 @@ def test_registry_and_config():
                                       weight_decay=1e-5, init_codes="random",
                                       latent_activation="sigmoid", sign_zero="plus_one",
                                       full_similarity=False, graph_norm="none", attention_dim=512,
-                                      latent_dim=1024, dropout=0.5, backbone_lr_scale=1.0)
+                                      latent_dim=1024, dropout=0.5, backbone_lr_scale=1.0,
+                                      label_loss_weight=1.0, latent_loss_weight=1.0, rec_loss_weight=1.0)
     assert method_config("schn", {"gamma": 200.0}).gamma == 200.0
     for bad in ({"variant": "icme"}, {"init_codes": "ones"}, {"sign_zero": "minus"},
                 {"latent_activation": "relu"}, {"graph_norm": "col"}, {"lr": 0.0}):
@@ -225,3 +226,26 @@ def test_trainable_backbone_gets_scaled_lr_and_frozen_one_stays_out():
     assert len(method.optimizers["image"].param_groups) == 1
     method.train()
     assert not frozen.training  # a frozen feature extractor never applies its dropout
+
+
+def test_ablation_weights_scale_terms_and_skip_the_interaction_module():
+    method, x, y = make()
+    pos = torch.arange(8)
+    full, _ = method.compute_losses(x[:8], y[:8], pos)
+    torch.manual_seed(1)
+    method.config.label_loss_weight, method.config.rec_loss_weight = 0.5, 2.0
+    method.eval()  # no dropout: the two passes are comparable
+    base, _ = method.compute_losses(x[:8], y[:8], pos)
+    method.config.label_loss_weight, method.config.rec_loss_weight = 1.0, 1.0
+    ref, _ = method.compute_losses(x[:8], y[:8], pos)
+    assert torch.allclose(base["loss_label"], 0.5 * ref["loss_label"])
+    assert torch.allclose(base["loss_rec_image"], 2.0 * ref["loss_rec_image"])
+    assert set(full) == set(ref)
+
+    lean, x, y = make(latent_loss_weight=0.0, rec_loss_weight=0.0, beta=0.0)
+    assert not lean.uses_interaction()
+    lean.interaction.forward = None  # would fail if called
+    terms = lean.training_step(x[:8], y[:8], pos, record=True)
+    assert set(terms) == {"loss_image", "loss_label", "loss"}
+    assert lean.end_iteration()["codes_updated"] == 8
+    assert make("tomm", latent_loss_weight=0.0, rec_loss_weight=0.0, beta=0.0)[0].uses_interaction()

@@ -16,6 +16,10 @@ class HashingMethod(nn.Module):
     """Base class. Subclasses set ``bits`` and implement the hooks below."""
 
     bits: int
+    # "shallow": fitted in closed form on fixed features; "deep": an image network trained by
+    # back-propagation, database encoded by it; "asymmetric": deep, plus learned database codes.
+    # The benchmark picks each method's schedule from it (schn.benchmark).
+    family: str = "deep"
 
     def begin_iteration(self, iteration: int, sample: np.ndarray) -> None:
         """Called before the epochs of outer iteration ``iteration`` on sampled positions ``sample``."""

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import SchnError
 from .base import HashingMethod
+from .common import ImageNet, adam, backbone_groups, check_method_inputs, generator_from_global_rng
 from .schn_loss import (
     SIGN_ZERO_CHOICES,
     asymmetric_loss,
@@ -37,7 +38,6 @@ from .schn_nets import (
     LATENT_ACTIVATION_CHOICES,
     VARIANT_CHOICES,
     Discriminator,
-    ImageNet,
     InteractionModule,
     LabelNet,
 )
@@ -70,6 +70,11 @@ class SCHNConfig:
     dropout: float = 0.5
     backbone_lr_scale: float = 1.0      # lr multiplier for a trainable backbone
     detach_rec_targets: bool = False    # True: reconstruction terms train the interaction module only
+    # ablations: weights of the loss terms (1 = method.md). With latent and reconstruction weights
+    # and beta all 0 (mmasia) the interaction module is not run at all.
+    label_loss_weight: float = 1.0
+    latent_loss_weight: float = 1.0
+    rec_loss_weight: float = 1.0
 
     def __post_init__(self):
         self.validate()
@@ -86,7 +91,8 @@ class SCHNConfig:
                     f"method option {name}={getattr(self, name)!r} is not valid; "
                     f"choose one of: {', '.join(allowed)}"
                 )
-        for name in ("alpha", "beta", "gamma", "weight_decay", "backbone_lr_scale"):
+        for name in ("alpha", "beta", "gamma", "weight_decay", "backbone_lr_scale", "label_loss_weight",
+                     "latent_loss_weight", "rec_loss_weight"):
             if not getattr(self, name) >= 0:
                 raise SchnError(f"method option {name}={getattr(self, name)!r} must be >= 0")
         if not self.lr > 0:
@@ -104,6 +110,7 @@ class SCHN(HashingMethod):
     """Asymmetric SCHN: image/label/interaction nets, learned database codes ``B``."""
 
     config_class = SCHNConfig
+    family = "asymmetric"
 
     def __init__(
         self,
@@ -117,13 +124,7 @@ class SCHN(HashingMethod):
     ):
         super().__init__()
         config.validate()
-        train_labels = torch.as_tensor(train_labels).float()
-        if train_labels.ndim != 2 or train_labels.shape[1] != num_classes:
-            raise SchnError(
-                f"train labels must be (n_train, {num_classes}) multi-hot, got shape {tuple(train_labels.shape)}"
-            )
-        if bits < 1:
-            raise SchnError(f"code length must be at least 1 bit, got {bits}")
+        train_labels = check_method_inputs(train_labels, num_classes, bits)
         self.config = config
         self.bits = int(bits)
         self.device = torch.device(device)
@@ -140,7 +141,7 @@ class SCHN(HashingMethod):
         n = train_labels.shape[0]
         if cfg.init_codes == "random":
             # Own generator seeded from torch's global RNG: the engine's seed fixes B.
-            gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+            gen = generator_from_global_rng()
             B = torch.randint(0, 2, (n, bits), generator=gen).float() * 2 - 1
         else:
             B = torch.zeros(n, bits)
@@ -148,21 +149,17 @@ class SCHN(HashingMethod):
         self.register_buffer("train_labels", train_labels, persistent=False)
         self.to(self.device)
 
-        def adam(groups):
-            # fused: one kernel per step for all parameters; ~1.9x faster SCHN steps on CPU here
-            return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        def make_adam(groups):
+            return adam(groups, cfg.lr, cfg.weight_decay)
 
-        backbone_params = [p for p in backbone.parameters() if p.requires_grad]
-        image_groups = [{"params": list(self.image_net.hash.parameters())}]
-        if backbone_params:
-            image_groups.append({"params": backbone_params, "lr": cfg.lr * cfg.backbone_lr_scale})
+        image_groups = backbone_groups(backbone, self.image_net.hash.parameters(), cfg.lr, cfg.backbone_lr_scale)
         self.optimizers = {
-            "image": adam(image_groups),
-            "label": adam(self.label_net.parameters()),
-            "interaction": adam(self.interaction.parameters()),
+            "image": make_adam(image_groups),
+            "label": make_adam(self.label_net.parameters()),
+            "interaction": make_adam(self.interaction.parameters()),
         }
         if self.discriminator is not None:
-            self.optimizers["discriminator"] = adam(self.discriminator.parameters())
+            self.optimizers["discriminator"] = make_adam(self.discriminator.parameters())
         self._clear_records()
 
     # ----- records of the last epoch, for the discrete update -----
@@ -181,24 +178,32 @@ class SCHN(HashingMethod):
         A.fill_diagonal_(1.0)
         return A
 
+    def uses_interaction(self) -> bool:
+        cfg = self.config
+        return self.discriminator is not None or max(cfg.latent_loss_weight, cfg.rec_loss_weight, cfg.beta) > 0
+
     def compute_losses(self, inputs, labels, positions) -> tuple[dict[str, torch.Tensor], dict]:
         """Forward pass and every term of ``L``; also returns the outputs (for recording)."""
+        cfg = self.config
         F_I, U_I = self.image_net(inputs)
         F_L, U_L = self.label_net(labels)
-        out = self.interaction(F_I.detach(), F_L.detach(), self.label_graph(labels))
         B_b = self.B[positions]
         S_b = similarity(labels, labels)
-        g = self.config.gamma
-        target_I, target_L = (U_I.detach(), U_L.detach()) if self.config.detach_rec_targets else (U_I, U_L)
+        g = cfg.gamma
         terms = {
             "loss_image": asymmetric_loss(U_I, B_b, S_b, g),
-            "loss_label": asymmetric_loss(U_L, B_b, S_b, g),
-            "loss_latent": asymmetric_loss(out.latent, B_b, S_b, g),
-            "loss_rec_image": ((out.rec_image - target_I) ** 2).mean(),
-            "loss_rec_label": ((out.rec_label - target_L) ** 2).mean(),
+            "loss_label": cfg.label_loss_weight * asymmetric_loss(U_L, B_b, S_b, g),
         }
+        latent = torch.zeros_like(U_I)
+        if self.uses_interaction():
+            out = self.interaction(F_I.detach(), F_L.detach(), self.label_graph(labels))
+            latent = out.latent
+            target_I, target_L = (U_I.detach(), U_L.detach()) if cfg.detach_rec_targets else (U_I, U_L)
+            terms["loss_latent"] = cfg.latent_loss_weight * asymmetric_loss(out.latent, B_b, S_b, g)
+            terms["loss_rec_image"] = cfg.rec_loss_weight * ((out.rec_image - target_I) ** 2).mean()
+            terms["loss_rec_label"] = cfg.rec_loss_weight * ((out.rec_label - target_L) ** 2).mean()
         terms["loss"] = sum(terms.values())
-        return terms, {"image": U_I, "label": U_L, "latent": out.latent}
+        return terms, {"image": U_I, "label": U_L, "latent": latent}
 
     def _to_device(self, inputs, labels, positions):
         return (inputs.to(self.device), labels.to(self.device).float(),

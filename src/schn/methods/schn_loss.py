@@ -10,13 +10,9 @@ import torch
 
 from ..codes import to_signed
 from ..errors import SchnError
+from .common import bitwise_sweep, similarity
 
 SIGN_ZERO_CHOICES = ("plus_one", "zero")
-
-
-def similarity(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
-    """``S_ij = 1[y_i . y_j > 0]`` in {0, 1} (sharing at least one class), float."""
-    return (labels_a.float() @ labels_b.float().T > 0).float()
 
 
 def soft_similarity(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
@@ -76,14 +72,8 @@ def discrete_update(
     minimiser of :func:`discrete_objective` given the others.
     """
     P = _linear_target(U, U_L, U_Z, S_tilde, gamma, alpha, beta)
-    B = B.clone()
-    c = B.shape[1]
-    for k in range(c):
-        rest = [j for j in range(c) if j != k]
-        # (U_rest^T U_k) first: a (c-1) vector, so the step costs O(m c), not O(m^2).
-        arg = P[:, k] - B[:, rest] @ (U[:, rest].T @ U[:, k])
-        B[:, k] = _sign(arg, sign_zero)
-    return B
+    _sign(P[:0], sign_zero)  # an unknown sign_zero fails before the sweep
+    return bitwise_sweep(B, U, P, sign=lambda x: _sign(x, sign_zero))
 
 
 def discrete_objective(

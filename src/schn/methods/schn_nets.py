@@ -33,32 +33,6 @@ def hash_mlp(in_dim: int, bits: int) -> nn.Sequential:
     )
 
 
-class ImageNet(nn.Module):
-    """Backbone -> ``F_I`` -> ``Linear(d_I, c)`` -> tanh -> ``U_I``.
-
-    A backbone with no trainable parameter (``nn.Identity`` over cached features, or a frozen
-    CNN) runs without gradient and stays in eval mode, so its dropout never adds noise.
-    Frozenness is read at construction: freeze the backbone before building the method.
-    """
-
-    def __init__(self, backbone: nn.Module, feature_dim: int, bits: int):
-        super().__init__()
-        self.backbone = backbone
-        self.hash = nn.Linear(feature_dim, bits)
-        self.frozen = not any(p.requires_grad for p in backbone.parameters())
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.frozen:
-            self.backbone.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            features = self.backbone(x).flatten(1)
-        return features, torch.tanh(self.hash(features))
-
-
 class LabelNet(nn.Module):
     """``K -> 1024 -> ReLU -> 512 -> ReLU`` = ``F_L`` -> ``Linear(512, c)`` -> tanh = ``U_L``."""
 
