@@ -8,7 +8,8 @@ from schn.backbones import BACKBONES, ModelConfig, create_backbone, list_backbon
 from schn.errors import SchnError
 
 # smallest input each backbone accepts, to keep the forward passes cheap
-SMALL_INPUT = {"alexnet": 64, "vgg16": 32, "resnet18": 32, "resnet50": 32, "efficientnet_lite0": 32, "small_cnn": 16}
+SMALL_INPUT = {"alexnet": 64, "vgg16": 32, "resnet18": 32, "resnet50": 32, "efficientnet_lite0": 32, "small_cnn": 16,
+               "pixels": 8}
 
 
 def _out(net, size, channels=3, seed=0):
@@ -29,7 +30,7 @@ def test_every_backbone_is_listed():
 @pytest.mark.parametrize("name", sorted(SMALL_INPUT))
 def test_feature_dim_matches_output(name):
     net = create_backbone(name, image_size=SMALL_INPUT[name])
-    assert net.preprocess in ("imagenet", "small")
+    assert net.preprocess in ("imagenet", "small", "plain")
     out = _out(net, SMALL_INPUT[name])
     assert out.shape == (2, net.feature_dim)
     if net.preprocess == "imagenet":
@@ -43,6 +44,17 @@ def test_small_cnn_sizes_channels_and_width():
     assert create_backbone("small_cnn", width=16).feature_dim == 128
     with pytest.raises(SchnError, match="small_cnn only"):
         create_backbone("resnet18", width=16)
+
+
+def test_pixels_backbone_is_the_flattened_image():
+    net = create_backbone("pixels", in_channels=1, image_size=8)
+    x = torch.rand(2, 1, 8, 8)
+    assert net.feature_dim == 64 and torch.equal(net(x), x.flatten(1))
+    assert not list(net.parameters())
+    with pytest.raises(SchnError, match="model.input_size"):
+        create_backbone("pixels")
+    with pytest.raises(SchnError, match="no weights"):
+        create_backbone("pixels", weights="imagenet", image_size=8)
 
 
 def test_grey_input_to_imagenet_backbone():

@@ -331,5 +331,9 @@ def test_transforms_shapes():
     out = big(Image.new("RGB", (300, 400)))
     assert out.shape == (3, 224, 224) and out.dtype == torch.float32
     assert build_transform("imagenet", True, 64, [0.5], [0.5])(grey).shape == (3, 64, 64)
+    # plain (raw-pixel features): resized, never augmented, even for training
+    plain = build_transform("plain", True, 4, [0.5] * 3, [0.5] * 3, 3)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    assert plain(image).shape == (3, 4, 4) and torch.equal(plain(image), plain(image))
     with pytest.raises(SchnError, match="unknown transform"):
         build_transform("huge", True, 8, [0], [1], 1)

@@ -332,3 +332,26 @@ class SmallCNN(Backbone):
 
     def imagenet_state_dict(self) -> dict:
         raise SchnError("small_cnn has no ImageNet weights; set model.weights=none or a path to a state dict")
+
+
+@BACKBONES.register("pixels")
+class Pixels(Backbone):
+    """Raw pixels as features: the image (resized to ``input_size`` when one is set) flattened,
+    normalised by the data set's statistics, never augmented. No parameters: the input of the
+    shallow methods (LSH, ITQ, SDH) when no pretrained backbone is used."""
+
+    preprocess = "plain"
+    default_input_size = None  # the data set's own image size
+    mean = std = None
+
+    def __init__(self, in_channels: int = 3, image_size: Optional[int] = None):
+        super().__init__()
+        if image_size is None:
+            raise SchnError("the pixels backbone needs the image size; set model.input_size")
+        self.feature_dim = in_channels * image_size * image_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    def imagenet_state_dict(self) -> dict:
+        raise SchnError("the pixels backbone has no weights; set model.weights=none")

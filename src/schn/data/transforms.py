@@ -34,21 +34,24 @@ def _stats(values: Sequence[float], channels: int, what: str) -> list[float]:
 def build_transform(kind: str, train: bool, input_size: int, mean: Sequence[float],
                     std: Sequence[float], channels: int = 3) -> T.Compose:
     """``imagenet``: resize + centre crop (train: random resized crop + flip), always RGB.
-    ``small``: no resize (train: padded random crop + flip), ``channels`` 1 or 3."""
+    ``small``: no resize (train: padded random crop + flip), ``channels`` 1 or 3.
+    ``plain``: resize to ``input_size`` square, never augmented (raw-pixel features)."""
     if kind == "imagenet":
         channels = 3
         if train:
             steps = [T.RandomResizedCrop(input_size), T.RandomHorizontalFlip()]
         else:
             steps = [T.Resize(round(input_size * 256 / 224)), T.CenterCrop(input_size)]
-    elif kind == "small":
+    elif kind in ("small", "plain"):
         if channels not in (1, 3):
             raise SchnError(f"channels must be 1 or 3, got {channels}")
         # padding 4 at 32 pixels, scaled with the image size
         steps = [T.RandomCrop(input_size, padding=max(1, input_size // 8)),
                  T.RandomHorizontalFlip()] if train else []
+        if kind == "plain":
+            steps = [T.Resize((input_size, input_size))]
     else:
-        raise SchnError(f"unknown transform kind {kind!r}; choose imagenet or small")
+        raise SchnError(f"unknown transform kind {kind!r}; choose imagenet, small or plain")
     mode = "RGB" if channels == 3 else "L"
     return T.Compose([ToMode(mode), *steps, T.ToTensor(),
                       T.Normalize(_stats(mean, channels, "mean"), _stats(std, channels, "std"))])
