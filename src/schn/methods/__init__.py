@@ -3,7 +3,7 @@
 A registered method is a :class:`HashingMethod` subclass with a ``config_class`` dataclass of
 its own options and the constructor
 ``(config, backbone, feature_dim, num_classes, bits, train_labels, device)``.
-New methods (e.g. ``adsh``, ``dpsh``) register here the same way.
+Every method is registered here, explicitly.
 """
 from __future__ import annotations
 
@@ -14,9 +14,27 @@ from ..errors import SchnError
 from ..registry import Registry
 from .base import HashingMethod
 from .schn import SCHN, SCHNConfig
+from .lsh import LSH, LSHConfig
+from .itq import ITQ, ITQConfig
+from .sdh import SDH, SDHConfig
+from .dpsh import DPSH, DPSHConfig
+from .hashnet import HashNet, HashNetConfig
+from .dsh import DSH, DSHConfig
+from .adsh import ADSH, ADSHConfig
+from .csq import CSQ, CSQConfig
+from .greedyhash import GreedyHash, GreedyHashConfig
 
 METHODS: Registry[type[HashingMethod]] = Registry("method")
 METHODS.register("schn")(SCHN)
+METHODS.register("lsh")(LSH)
+METHODS.register("itq")(ITQ)
+METHODS.register("sdh")(SDH)
+METHODS.register("dpsh")(DPSH)
+METHODS.register("hashnet")(HashNet)
+METHODS.register("dsh")(DSH)
+METHODS.register("adsh")(ADSH)
+METHODS.register("csq")(CSQ)
+METHODS.register("greedyhash")(GreedyHash)
 
 
 def list_methods() -> list[str]:
@@ -53,5 +71,5 @@ def create_method(
                train_labels, device)
 
 
-__all__ = ["METHODS", "HashingMethod", "SCHN", "SCHNConfig", "create_method", "list_methods",
+__all__ = ["METHODS", "HashingMethod", "SCHN", "SCHNConfig", "LSH", "LSHConfig", "ITQ", "ITQConfig", "SDH", "SDHConfig", "DPSH", "DPSHConfig", "HashNet", "HashNetConfig", "DSH", "DSHConfig", "ADSH", "ADSHConfig", "CSQ", "CSQConfig", "GreedyHash", "GreedyHashConfig", "create_method", "list_methods",
            "method_config"]
