@@ -155,3 +155,20 @@ def test_other_model_selections_are_labelled(select, log_key, tmp_path):
         assert all(log_key in r for r in log)
     else:
         assert metrics["selected_iteration"] == 2
+
+
+def test_time_budget_stops_training_at_the_first_batch_past_it(tmp_path):
+    args = ["train", "--config", DIGITS, *FAST, "--set", "train.iterations=5", "--set", "train.time_budget=0.001",
+            "--set", "train.val_pool_size=50", "--set", f"run.out_dir={tmp_path}", "--set", "run.name=b", "--quiet"]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["iterations_run"] == 1 and metrics["stopped_by_time_budget"] is True
+    assert metrics["selected_iteration"] == 1 and metrics["encode_items_per_second"] > 0
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and "val_map" in log[0]
+
+
+def test_bad_time_budget_is_one_line(capsys):
+    code = main(["train", "--config", DIGITS, "--set", "train.time_budget=0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train.time_budget must be a positive number" in err

@@ -24,3 +24,14 @@ def test_random_sampling_is_seeded_and_sized():
 def test_m_larger_than_pool_takes_the_whole_pool():
     sched = SampleSchedule(7, 100, True, np.random.default_rng(0))
     assert sched.draw().tolist() == list(range(7))
+
+
+def test_validation_pool_is_a_seeded_subset_or_everything():
+    from schn.engine import validation_pool
+
+    train = np.arange(100, 200)
+    assert validation_pool(train, None, 0) is None and validation_pool(train, 100, 0) is None
+    a, b = validation_pool(train, 30, 7), validation_pool(train, 30, 7)
+    assert (a == b).all() and len(np.unique(a)) == 30 and set(a) <= set(train)
+    assert (np.diff(a) > 0).all()
+    assert not np.array_equal(a, validation_pool(train, 30, 8))

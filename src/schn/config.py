@@ -35,6 +35,8 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"  # "auto" = cuda if available, else cpu; or "cpu", "cuda", "cuda:1", "mps"
     encode_batch_size: int = 256
+    time_budget: Optional[float] = None  # seconds of training; then the current iteration is closed
+    val_pool_size: Optional[int] = None  # validation retrieves from a seeded subset of the pool (None = all)
 
     def __post_init__(self) -> None:
         for name in ("bits", "iterations", "epochs_per_iteration", "batch_size", "num_samples", "val_every"):
@@ -42,6 +44,10 @@ class TrainConfig:
                 raise SchnError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.select not in ("val", "last", "test"):
             raise SchnError(f"train.select must be val, last or test, got {self.select!r}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise SchnError(f"train.time_budget must be a positive number of seconds, got {self.time_budget}")
+        if self.val_pool_size is not None and self.val_pool_size < 1:
+            raise SchnError(f"train.val_pool_size must be >= 1 (or null for the whole pool), got {self.val_pool_size}")
 
 
 @dataclass

@@ -55,6 +55,8 @@ class TrainResult:
     selected_iteration: int = 0
     best_val_map: float | None = None
     filled_unsampled: int = 0
+    iterations: int = 0  # outer iterations run (fewer than configured when the time budget ends them)
+    stopped_by_time_budget: bool = False
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -78,12 +80,16 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
     train_view = inputs.view(split.train, train=True)
     select = tc.select if (tc.select != "val" or len(split.val)) else "last"
     steps_per_epoch = math.ceil(schedule.m / tc.batch_size)
-    bar = tqdm(total=tc.iterations * tc.epochs_per_iteration * steps_per_epoch, disable=not progress,
+    total = tc.iterations * tc.epochs_per_iteration * steps_per_epoch
+    bar = tqdm(total=None if tc.time_budget else total, disable=not progress,
                desc=f"train {cfg.method_name} {tc.bits} bits", unit="step", dynamic_ncols=True)
     result = TrainResult(model_selection=select)
     best_state, best_score = None, -math.inf
+    val_pool = validation_pool(split.train, tc.val_pool_size, cfg.run.seed)
     try:
         for it in range(tc.iterations):
+            if result.stopped_by_time_budget:
+                break
             t0 = time.perf_counter()
             sample = schedule.draw()
             method.train()
@@ -101,15 +107,22 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
                     steps += 1
                     images += len(pos)
                     bar.update(1)
+                    if tc.time_budget is not None and result.seconds + time.perf_counter() - t0 > tc.time_budget:
+                        # budget spent: close this iteration (its update, its validation) and stop
+                        result.stopped_by_time_budget = True
+                        break
+                if result.stopped_by_time_budget:
+                    break
             record = {"iteration": it + 1, **{k: v / max(steps, 1) for k, v in sums.items()}}
             record.update(method.end_iteration())
             train_seconds = time.perf_counter() - t0
             result.seconds += train_seconds
             result.images += images
+            result.iterations = it + 1
             due = (it + 1) % tc.val_every == 0 or it + 1 == tc.iterations
             if select in ("val", "test") and due:
                 score = validation_map(method, inputs, split, labels, cfg.eval, device,
-                                       tc.encode_batch_size, on=select)
+                                       tc.encode_batch_size, on=select, pool=val_pool if select == "val" else None)
                 record["val_map" if select == "val" else "query_map_for_selection"] = score
                 if score > best_score:
                     best_score, result.selected_iteration = score, it + 1
@@ -126,11 +139,20 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
         method.load_state_dict(best_state)
         result.best_val_map = best_score
     else:
-        result.selected_iteration = tc.iterations
+        result.selected_iteration = result.iterations
     if tc.cover_all:
         result.filled_unsampled = fill_unsampled(method, inputs, split, schedule.sampled, device,
                                                  tc.encode_batch_size)
     return result
+
+
+def validation_pool(train: np.ndarray, size: int | None, seed: int) -> np.ndarray | None:
+    """The training-pool items validation retrieves from: all (None), or a seeded subset, so a
+    symmetric method on images need not encode the whole pool at every validation."""
+    if size is None or size >= len(train):
+        return None
+    rng = np.random.default_rng([seed, 1])  # its own stream: the training draws stay unchanged
+    return np.sort(rng.choice(np.asarray(train), size, replace=False))
 
 
 def fill_unsampled(method, inputs, split, sampled: np.ndarray, device, batch_size: int) -> int:

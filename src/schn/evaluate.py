@@ -9,6 +9,8 @@ Two evaluations are reported for asymmetric methods:
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -66,14 +68,16 @@ def database_codes(method, inputs, indices, train_indices, device, batch_size: i
 
 
 def evaluate_method(method, inputs, split, labels: np.ndarray, eval_cfg: EvalConfig, device,
-                    batch_size: int = 256, progress: bool = False, symmetric: bool = True) -> dict:
+                    batch_size: int = 256, progress: bool = False) -> dict:
     """Scores of the query split against the database: ``{"asymmetric": ..., "symmetric": ...}``.
 
     Each entry is the dict of :func:`schn.metrics.evaluate_retrieval`; also returns the codes
     under ``"codes"`` for saving and plotting.
     """
+    start = time.perf_counter()
     query = encode_view(method, inputs.view(split.query, train=False), device, batch_size,
                         progress=progress, desc="encode queries")
+    seconds = time.perf_counter() - start
     q_labels, d_labels = labels[split.query], labels[split.database]
     kwargs = dict(depth=eval_cfg.map_depth, radius=eval_cfg.radius, ns=tuple(eval_cfg.precision_at),
                   drop_last=eval_cfg.drop_last, ties=eval_cfg.ties,
@@ -81,8 +85,10 @@ def evaluate_method(method, inputs, split, labels: np.ndarray, eval_cfg: EvalCon
     out = {"codes": {"query": query}}
     db = database_codes(method, inputs, split.database, split.train, device, batch_size, progress)
     out["asymmetric"] = evaluate_retrieval(query, db, q_labels, d_labels, **kwargs)
+    # items/s of the model inputs (images, or cached features in frozen mode), incl. loading
+    out["asymmetric"]["encode_items_per_second"] = round(len(query) / seconds, 1) if seconds > 0 else 0.0
     out["codes"]["database"] = db
-    if symmetric and method.database_codes() is not None:
+    if eval_cfg.symmetric and method.database_codes() is not None:
         db_sym = database_codes(method, inputs, split.database, split.train, device, batch_size, progress,
                                 symmetric=True)
         out["symmetric"] = evaluate_retrieval(query, db_sym, q_labels, d_labels, **kwargs)
@@ -90,14 +96,16 @@ def evaluate_method(method, inputs, split, labels: np.ndarray, eval_cfg: EvalCon
 
 
 def validation_map(method, inputs, split, labels: np.ndarray, eval_cfg: EvalConfig, device,
-                   batch_size: int = 256, on: str = "val") -> float:
+                   batch_size: int = 256, on: str = "val", pool=None) -> float:
     """mAP used for model selection: validation items (or, only for the authors' ``select=test``
-    reproduction, the queries) against the training pool's codes, at the protocol's depth."""
+    reproduction, the queries) against the training pool's codes (or those of ``pool``, a subset
+    of it), at the protocol's depth."""
     from .metrics import mean_average_precision
 
     queries = split.val if on == "val" else split.query
     q = encode_view(method, inputs.view(queries, train=False), device, batch_size)
-    pool = split.train if on == "val" else split.database
+    if pool is None:
+        pool = split.train if on == "val" else split.database
     db = database_codes(method, inputs, pool, split.train, device, batch_size)
     return float(mean_average_precision(q, db, labels[queries], labels[pool], depth=eval_cfg.map_depth,
                                         drop_last=eval_cfg.drop_last, ties=eval_cfg.ties))

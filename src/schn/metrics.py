@@ -47,6 +47,7 @@ class EvalConfig:
     ndcg_k: Optional[int] = None  # None: DEFAULT_NDCG_K for multi-label data, else no NDCG
     drop_last: bool = False  # True = the authors' mAP@all, which drops the last item
     ties: str = "stable"  # "unstable" = the authors' plain argsort
+    symmetric: bool = True  # also score asymmetric methods with the database encoded by the network
 
     def __post_init__(self):
         _check_depth(self.map_depth, "eval.map_depth")

@@ -109,6 +109,8 @@ def train_run(cfg: Config, progress: bool = True, echo=print) -> tuple[Path, dic
         "images_per_second": round(result.images_per_second, 1),
         "model_selection": result.model_selection,
         "selected_iteration": result.selected_iteration,
+        "iterations_run": result.iterations,
+        "stopped_by_time_budget": result.stopped_by_time_budget,
         "best_val_map": result.best_val_map,
         "unsampled_encoded_by_network": result.filled_unsampled,
         "device": str(device),
@@ -193,7 +195,8 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, progress: bool 
     previous = {}
     if (run.path / "metrics.json").is_file():
         previous = json.loads((run.path / "metrics.json").read_text())
-    keep = ("train_seconds", "images_per_second", "model_selection", "selected_iteration", "best_val_map",
+    keep = ("train_seconds", "images_per_second", "model_selection", "selected_iteration", "iterations_run",
+            "stopped_by_time_budget", "best_val_map",
             "unsampled_encoded_by_network")
     extra = {k: previous[k] for k in keep if k in previous}
     extra["device"] = str(run.device)
