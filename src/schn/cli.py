@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import SchnError
+from .errors import SchnError, one_line
 
 DEMO_CONFIG = "digits.yaml"
 
@@ -84,6 +84,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from .benchmark import parse_list, run_benchmark
+
+    methods, bits = parse_list(args.methods), parse_list(args.bits, int)
+    out = args.out or f"runs/benchmark-{Path(args.config).stem}"
+    command = "schn " + " ".join(sys.argv[1:]) if sys.argv and Path(sys.argv[0]).name == "schn" else ""
+    rows = run_benchmark(args.config, methods, bits, out, sets=args.set, time_budget=args.time_budget,
+                         curve_bits=args.curve_bits, command=command)
+    failed = [r for r in rows if r["status"] != "done"]
+    print(f"results: {Path(out) / 'results.md'}" + (f"  ({len(failed)} cell(s) failed)" if failed else ""))
+    return 1 if failed else 0
+
+
 def cmd_list(args) -> int:
     from .backbones import list_backbones
     from .data import list_datasets, list_splits
@@ -128,19 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("benchmark", help="methods x code lengths on one split; resumable; results table and plots")
+    p.add_argument("--config", required=True, help="base YAML config (data, split, model, train, eval)")
+    p.add_argument("--methods", required=True, help="comma-separated, e.g. schn,schn-tomm,adsh,dpsh,lsh")
+    p.add_argument("--bits", required=True, help="comma-separated code lengths, e.g. 12,24,32,48")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="equal training time per cell (lifts the iteration cap)")
+    p.add_argument("--curve-bits", type=int, default=None, help="code length of the PR / P@N plots")
+    p.add_argument("-o", "--out", default=None, help="output folder (default runs/benchmark-<config name>)")
+    p.set_defaults(func=cmd_benchmark)
+
     p = sub.add_parser("list", help="registered methods, backbones, data sets and split protocols")
     p.set_defaults(func=cmd_list)
     return parser
-
-
-def one_line(exc: BaseException) -> str:
-    """The user-facing line of an error. DataLoader workers re-raise a SchnError with the
-    worker's traceback folded into the message; its last line holds the original message."""
-    text = str(exc).strip()
-    if "Traceback" in text:
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if last.startswith(("schn.errors.SchnError", "SchnError")) else last
-    return " ".join(text.split()) or exc.__class__.__name__
 
 
 def main(argv: list[str] | None = None) -> int:

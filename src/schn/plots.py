@@ -83,6 +83,12 @@ def plot_precision_at_n(metrics_or_list, path, title="Precision@N") -> Path:
                    "precision", title, path)
 
 
+def plot_map_vs_bits(series, path, title="mAP against code length", ylabel="mAP") -> Path:
+    """mAP against code length, one line per method: ``{label: {"bits": [...], "map": [...]}}``."""
+    wrapped = {label: {"map_vs_bits": values} for label, values in dict(series).items()}
+    return _curves(wrapped, "map_vs_bits", "bits", "map", "code length (bits)", ylabel, title, path)
+
+
 def plot_tsne(codes, labels_or_class_ids, class_names, path, seed=0, max_points=2000,
               title="t-SNE of query codes") -> Path:
     """2-d t-SNE of codes coloured by class; multi-hot rows use their first label."""
