@@ -201,7 +201,8 @@ def test_adsh_end_iteration_updates_whole_database_with_recorded_outputs():
     method.training_step(x[pos], y[pos], pos, record=True)
     U = method._rec[pos].clone()
     V_before = method.database_codes()
-    expected = adsh_update(V_before, U, pos, adsh_similarity(y[pos], y).T @ U, 200.0)
+    r = balance_ratio(y[pos], y)  # the default, balanced similarity over Omega x D
+    expected = adsh_update(V_before, U, pos, adsh_similarity(y[pos], y, r).T @ U, 200.0)
     stats = method.end_iteration()
     assert torch.equal(method.database_codes(), expected)
     assert stats["codes_updated"] == len(y)
