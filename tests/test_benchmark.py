@@ -46,6 +46,18 @@ def test_schedules_by_family_and_user_sets_win():
     assert _cell("lsh", budget=30).config.train.iterations == 1
 
 
+def test_overrides_for_one_method_only():
+    sets = ["schn:train.num_samples=700", "adsh:method.gamma=50", "train.batch_size=16"]
+    schn, adsh, tomm = (_cell(m, sets=sets).config for m in ("schn", "adsh", "schn-tomm"))
+    assert schn.train.num_samples == 700 and tomm.train.num_samples == 700  # by registered name
+    assert adsh.method.gamma == 50 and adsh.train.num_samples == 2000
+    assert {schn.train.batch_size, adsh.train.batch_size} == {16}
+    assert _cell("schn-tomm", sets=["schn-tomm:train.num_samples=9"]).config.train.num_samples == 9
+    assert _cell("schn", sets=["schn-tomm:train.num_samples=9"]).config.train.num_samples != 9
+    with pytest.raises(SchnError, match="unknown method 'adhs'"):
+        _cell("schn", sets=["adhs:method.gamma=1"])
+
+
 def test_unknown_method_names_the_choices():
     with pytest.raises(SchnError, match="choose from: .*schn-tomm"):
         resolve_method("adhs")

@@ -9,7 +9,8 @@ written into ``results.md``:
   symmetric method's outer iteration is one epoch over the pool; asymmetric methods (SCHN,
   ADSH) keep the base config's schedule, ADSH with its paper's sample size;
 - method options: an option of the base config's ``method`` section (or a ``--set
-  method.x=...``) applies to every method that has it and is listed as not applied elsewhere.
+  method.x=...``) applies to every method that has it and is listed as not applied elsewhere;
+- ``--set METHOD:section.key=value`` applies to the cells of one method only.
 
 ``OUT/<method>-<bits>b/`` is a normal run folder. A re-run skips finished cells (those with
 ``metrics.json``), reruns unfinished ones, and refuses a finished cell whose config differs.
@@ -75,6 +76,17 @@ def _read_yaml(path: Path) -> dict:
     return {k: dict(v or {}) for k, v in raw.items()}
 
 
+def split_target(text: str) -> tuple[str | None, str]:
+    """``"adsh:train.num_samples=2000"`` -> ("adsh", "train.num_samples=2000"): an override for
+    the cells of one method (its label or its registered name); no prefix: every cell."""
+    head, sep, _ = text.partition("=")
+    if ":" in head:
+        target, rest = text.split(":", 1)
+        resolve_method(target.strip())
+        return target.strip(), rest
+    return None, text
+
+
 def cell_config(base: dict, label: str, bits: int, sets: list[str], time_budget: float | None,
                 split_file: Path, out: Path) -> Cell:
     """The resolved config of one cell (see the module docstring for what is changed)."""
@@ -97,6 +109,9 @@ def cell_config(base: dict, label: str, bits: int, sets: list[str], time_budget:
     if cls.family == "shallow" and not model.get("frozen", False):
         model.update(RAW_PIXELS)
     for text in sets:
+        target, text = split_target(text)
+        if target is not None and target not in (label, name):
+            continue
         (section, key), value = parse_override(text)
         if section == "method" and key not in options:
             not_applied.append(key)

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="base YAML config (data, split, model, train, eval)")
     p.add_argument("--methods", required=True, help="comma-separated, e.g. schn,schn-tomm,adsh,dpsh,lsh")
     p.add_argument("--bits", required=True, help="comma-separated code lengths, e.g. 12,24,32,48")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell, or METHOD:KEY=VALUE for one method's cells")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="equal training time per cell (lifts the iteration cap)")
     p.add_argument("--curve-bits", type=int, default=None, help="code length of the PR / P@N plots")
