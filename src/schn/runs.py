@@ -76,23 +76,43 @@ def write_evaluation(run_dir: Path, cfg: Config, evaluation: dict, extra: dict, 
     return metrics
 
 
-def train_run(cfg: Config, progress: bool = True, echo=print) -> tuple[Path, dict]:
-    """Train one config end to end and write its run folder. Returns (folder, metrics)."""
-    seed_everything(cfg.run.seed)
+@dataclass
+class PreparedRun:
+    """Everything training needs, built from a config (no run folder is written)."""
+
+    dataset: object
+    split: object
+    inputs: ModelInputs
+    labels: np.ndarray
+    method: object
+    device: torch.device
+
+
+def prepare_run(cfg: Config, progress: bool = True) -> PreparedRun:
+    """Data set, split, model inputs and a fresh method for ``cfg`` (seed first for repeatability)."""
     device = resolve_device(cfg.train.device)
     dataset = create_dataset(cfg.data)
     split = _split_for(cfg, dataset)
+    inputs = ModelInputs(cfg.model, dataset, device, progress=progress, num_workers=cfg.train.num_workers)
+    labels = np.asarray(dataset.labels)
+    train_labels = torch.as_tensor(labels[split.train], dtype=torch.float32)
+    method = create_method(cfg.method_name, cfg.method, inputs.backbone, inputs.feature_dim, labels.shape[1],
+                           cfg.train.bits, train_labels, device)
+    return PreparedRun(dataset, split, inputs, labels, method, device)
+
+
+def train_run(cfg: Config, progress: bool = True, echo=print) -> tuple[Path, dict]:
+    """Train one config end to end and write its run folder. Returns (folder, metrics)."""
+    seed_everything(cfg.run.seed)
+    run = prepare_run(cfg, progress)
+    dataset, split, inputs, labels, method, device = (run.dataset, run.split, run.inputs, run.labels,
+                                                      run.method, run.device)
     run_dir = new_run_dir(cfg)
     write_text(run_dir / "config.yaml", dump_config(cfg))
     split.save(run_dir / "split.json")
     report = getattr(dataset, "report", None)
     if report and any(report.values()):
         echo(f"data: {', '.join(f'{k}={v}' for k, v in report.items())}")
-    inputs = ModelInputs(cfg.model, dataset, device, progress=progress, num_workers=cfg.train.num_workers)
-    labels = np.asarray(dataset.labels)
-    train_labels = torch.as_tensor(labels[split.train], dtype=torch.float32)
-    method = create_method(cfg.method_name, cfg.method, inputs.backbone, inputs.feature_dim, labels.shape[1],
-                           cfg.train.bits, train_labels, device)
     log_path = run_dir / "log.jsonl"
 
     def log(record: dict) -> None:
