@@ -59,3 +59,9 @@ def test_tsne(tmp_path, multi):
         labels[1, 2] = 1  # and one with two
     out = P.plot_tsne(codes, labels, ["a", "b", "c"], tmp_path / "tsne.png", max_points=60)
     _check_png(out, tmp_path)
+
+
+def test_map_vs_bits_keeps_many_methods_apart(tmp_path):
+    series = {f"m{i}": {"bits": [12, 24, 48], "map": [0.1 * (i % 9), 0.5, None]} for i in range(12)}
+    path = P.plot_map_vs_bits(series, tmp_path / "m.png")
+    assert path.is_file() and path.stat().st_size > 1000

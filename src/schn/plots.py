@@ -60,15 +60,25 @@ def _curves(series, key, xkey, ykey, xlabel, ylabel, title, path):
     fig = Figure(figsize=(5.5, 4.2))
     ax = fig.add_subplot()
     labelled = False
-    for label, m in _series(series, key):
+    items = _series(series, key)
+    # past 10 series the default cycle repeats colours; tab20 plus varied markers keeps them apart
+    colours = [None] * len(items) if len(items) <= 10 else [_tab20(i) for i in range(len(items))]
+    for i, (label, m) in enumerate(items):
         x, y = _xy(m[key][xkey], m[key][ykey])
-        ax.plot(x, y, marker=".", label=label)
+        ax.plot(x, y, marker=".osd^v<>"[i % 8] if len(items) > 10 else ".", color=colours[i], label=label)
         labelled |= label is not None
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     if labelled:
-        ax.legend()
+        # many methods: the legend goes beside the axes, not over the curves
+        ax.legend(**({"loc": "upper left", "bbox_to_anchor": (1.02, 1)} if len(items) > 5 else {}))
     return _save(fig, path)
+
+
+def _tab20(i):
+    from matplotlib import colormaps
+
+    return colormaps["tab20"](i % 20)
 
 
 def plot_pr_curve(metrics_or_list, path, title="Precision-recall (Hamming radius)") -> Path:
