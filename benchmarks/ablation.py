@@ -1,15 +1,16 @@
 """SCHN ablations scored on the validation split only (never the queries); prints markdown rows.
 
 Each row removes or reweights one part of SCHN (label network, latent space, reconstruction,
-discriminator, the alpha / beta / gamma weights) and trains under the same time budget, on a
-saved split, with the same seed. The score is the best validation mAP (the model-selection
-score: validation items against the training pool's learned codes); the query set is not
-evaluated at all.
+discriminator, the alpha / beta / gamma weights) and trains for the same number of outer
+iterations (or under the same time budget), on a saved split, with the same seed. The score is
+the best validation mAP (the model-selection score: validation items against the training
+pool's learned codes); the query set is not evaluated at all.
 
     .venv/bin/python benchmarks/ablation.py --config configs/cifar10-jpg-efficientnet-frozen.yaml \\
-        --split runs/benchmarks/cifar10-frozen/split.json --bits 32 --time-budget 90
+        --split runs/benchmarks/cifar10-frozen/split.json --bits 32 --iterations 20
 
-Options: --only NAME ... (a subset of rows), --set KEY=VALUE (every row), --out DIR.
+Options: --only NAME ... (a subset of rows), --set KEY=VALUE (every row), --time-budget S (equal
+time instead of equal iterations; --iterations is then a cap).
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--split", required=True, help="the saved split.json of the benchmark grid")
     parser.add_argument("--bits", type=int, default=32)
-    parser.add_argument("--time-budget", type=float, required=True)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--time-budget", type=float, default=None, help="seconds; then --iterations is a cap")
     parser.add_argument("--only", nargs="+", default=None)
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
@@ -50,9 +52,10 @@ def main() -> None:
     print("| ablation | best val mAP | selected it. | iterations | train s |")
     print("|---|---|---|---|---|")
     for label, sets in rows.items():
+        budget = [] if args.time_budget is None else [f"train.time_budget={args.time_budget}"]
         cfg = load_config(args.config, [f"train.bits={args.bits}", f"split.file={args.split}", "train.select=val",
-                                        f"train.time_budget={args.time_budget}", "train.iterations=100000",
-                                        "run.progress=false", *sets, *args.set])
+                                        f"train.iterations={args.iterations}", "run.progress=false", *budget,
+                                        *sets, *args.set])
         seed_everything(cfg.run.seed)
         run = prepare_run(cfg, progress=False)
         result = train_method(cfg, run.method, run.inputs, run.split, run.labels, run.device, progress=False)
