@@ -13,7 +13,8 @@ from schn.errors import SchnError
 from schn.methods import ITQConfig, LSHConfig, SDHConfig, create_method
 from schn.methods.itq import (itq_rotation, pca_directions, procrustes_rotation, quantization_loss,
                               random_rotation)
-from schn.methods.sdh import dcc_b_step, dcc_bit, f_step, g_step, rbf_features, sdh_alternate, sdh_objective
+from schn.methods.common import sweep_column
+from schn.methods.sdh import dcc_b_step, f_step, g_step, rbf_features, sdh_alternate, sdh_objective
 from schn.metrics import mean_average_precision
 
 NAMES = ["lsh", "itq", "sdh"]
@@ -287,14 +288,14 @@ def test_f_and_g_steps_solve_their_normal_equations():
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_dcc_bit_is_the_brute_force_minimiser_of_each_bit(seed):
+def test_dcc_bit_rule_is_the_brute_force_minimiser_of_each_bit(seed):
     gen, Y, phi, B = tiny_sdh_problem(seed, c=4)
     W = torch.randn(4, 3, generator=gen, dtype=torch.float64)
     P, bias = f_step(phi, B, 0.01)
     lam, nu = 1.0, 0.5  # a large nu so the fitting term matters in the check
     Q = Y @ W.T + nu * (phi @ P + bias)
     for bit in range(4):
-        new = dcc_bit(B, W, Q, bit)
+        new = sweep_column(B, W.T, Q, bit)  # the DCC rule: U = W^T
         for i in range(len(B)):
             values = {}
             for v in (-1.0, 1.0):

@@ -79,8 +79,7 @@ def _read_yaml(path: Path) -> dict:
 def split_target(text: str) -> tuple[str | None, str]:
     """``"adsh:train.num_samples=2000"`` -> ("adsh", "train.num_samples=2000"): an override for
     the cells of one method (its label or its registered name); no prefix: every cell."""
-    head, sep, _ = text.partition("=")
-    if ":" in head:
+    if ":" in text.partition("=")[0]:
         target, rest = text.split(":", 1)
         resolve_method(target.strip())
         return target.strip(), rest
@@ -207,7 +206,8 @@ def run_benchmark(config: str | Path, methods: list[str], bits: list[int], out: 
         durations.append(time.perf_counter() - start)
         write_results(out, [rows[c.name] for c in cells if c.name in rows], meta, curve_bits)
     ordered = [rows[c.name] for c in cells]
-    write_results(out, ordered, meta, curve_bits)
+    if not todo:  # nothing ran, so nothing wrote the tables and plots yet
+        write_results(out, ordered, meta, curve_bits)
     return ordered
 
 

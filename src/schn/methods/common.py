@@ -41,12 +41,17 @@ def bitwise_sweep(B: torch.Tensor, U: torch.Tensor, P: torch.Tensor, sign=to_sig
     one (``|Omega|`` rows, ``B`` may have more).
     """
     B = B.clone()
-    c = B.shape[1]
-    for k in range(c):
-        rest = [j for j in range(c) if j != k]
-        # (U_rest^T U_k) first: a (c-1) vector, so a column costs O(n c), not O(n |Omega|)
-        B[:, k] = sign(P[:, k] - B[:, rest] @ (U[:, rest].T @ U[:, k]))
+    for k in range(B.shape[1]):
+        B[:, k] = sweep_column(B, U, P, k, sign)
     return B
+
+
+def sweep_column(B: torch.Tensor, U: torch.Tensor, P: torch.Tensor, k: int, sign=to_signed) -> torch.Tensor:
+    """Column ``k`` of :func:`bitwise_sweep`: ``sign(P_k - B_!k U_!k^T U_k)``, the exact minimiser
+    of ``||B U^T||^2 - 2 tr(B^T P)`` over column ``k`` with the other columns fixed."""
+    rest = [j for j in range(B.shape[1]) if j != k]
+    # (U_rest^T U_k) first: a (c-1) vector, so a column costs O(n c), not O(n |Omega|)
+    return sign(P[:, k] - B[:, rest] @ (U[:, rest].T @ U[:, k]))
 
 
 def check_method_inputs(train_labels, num_classes: int, bits: int) -> torch.Tensor:
@@ -122,11 +127,8 @@ class DeepConfig:
         self.validate()
 
     def validate(self) -> None:
-        if not self.lr > 0:
-            raise SchnError(f"method option lr={self.lr!r} must be > 0")
-        for name in ("weight_decay", "backbone_lr_scale"):
-            if not getattr(self, name) >= 0:
-                raise SchnError(f"method option {name}={getattr(self, name)!r} must be >= 0")
+        check_positive(self, "lr", strict=True)
+        check_positive(self, "weight_decay", "backbone_lr_scale")
 
 
 def check_choice(config, name: str, allowed) -> None:

@@ -24,7 +24,8 @@ from torch import nn
 
 from ..errors import SchnError
 from .base import HashingMethod
-from .common import ImageNet, adam, backbone_groups, check_method_inputs, generator_from_global_rng
+from .common import (ImageNet, adam, backbone_groups, check_choice, check_method_inputs, check_positive,
+                     generator_from_global_rng)
 from .schn_loss import (
     SIGN_ZERO_CHOICES,
     asymmetric_loss,
@@ -86,17 +87,10 @@ class SCHNConfig:
             "graph_norm": GRAPH_NORM_CHOICES,
         }
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise SchnError(
-                    f"method option {name}={getattr(self, name)!r} is not valid; "
-                    f"choose one of: {', '.join(allowed)}"
-                )
-        for name in ("alpha", "beta", "gamma", "weight_decay", "backbone_lr_scale", "label_loss_weight",
-                     "latent_loss_weight", "rec_loss_weight"):
-            if not getattr(self, name) >= 0:
-                raise SchnError(f"method option {name}={getattr(self, name)!r} must be >= 0")
-        if not self.lr > 0:
-            raise SchnError(f"method option lr={self.lr!r} must be > 0")
+            check_choice(self, name, allowed)
+        check_positive(self, "alpha", "beta", "gamma", "weight_decay", "backbone_lr_scale", "label_loss_weight",
+                       "latent_loss_weight", "rec_loss_weight")
+        check_positive(self, "lr", strict=True)
         for name in ("attention_dim", "latent_dim"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
                 raise SchnError(f"method option {name}={getattr(self, name)!r} must be a positive integer")

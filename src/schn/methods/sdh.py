@@ -6,13 +6,12 @@ from typing import Optional
 
 import torch
 
-from ..codes import to_signed
 from ..errors import SchnError
-from .common import generator_from_global_rng
+from .common import bitwise_sweep, generator_from_global_rng
 from .shallow import ShallowHashingMethod
 
 __all__ = ["SDH", "SDHConfig", "squared_distances", "rbf_features", "sdh_objective", "f_step", "g_step",
-           "dcc_bit", "dcc_b_step", "sdh_alternate"]
+           "dcc_b_step", "sdh_alternate"]
 
 
 @dataclass
@@ -82,30 +81,20 @@ def g_step(B: torch.Tensor, Y: torch.Tensor, lam: float) -> torch.Tensor:
     return _ridge(B, Y, lam)
 
 
-def dcc_bit(B: torch.Tensor, W: torch.Tensor, Q: torch.Tensor, bit: int) -> torch.Tensor:
-    """New column ``bit`` of ``B``: ``sign(q_l - B_{-l} W_{-l} w_l)`` (the paper's eq. 16, rows as items).
-
-    With every other bit fixed, ``||B W||^2 - 2 tr(B^T Q)`` is linear in ``b_l`` (``b^2 = 1``), so
-    this is its exact minimiser; ``sign(0) = +1``.
-    """
-    w = W[bit]
-    others = B @ (W @ w) - B[:, bit] * (w @ w)  # B_{-l} W_{-l} w_l without forming B_{-l}
-    return to_signed(Q[:, bit] - others)
-
-
 def dcc_b_step(B: torch.Tensor, W: torch.Tensor, Q: torch.Tensor, passes: int) -> tuple[torch.Tensor, int]:
-    """B-step by discrete cyclic coordinate descent: sweep the bits in order, up to ``passes``
-    sweeps, stopping after a sweep that changes no bit. Returns the codes and the sweeps run."""
-    B = B.clone()
+    """B-step by discrete cyclic coordinate descent (the paper's eq. 16, rows as items): sweep the
+    bits in order, ``b_l = sign(q_l - B_{-l} W_{-l} w_l)``, up to ``passes`` sweeps, stopping
+    after a sweep that changes no bit. Returns the codes and the sweeps run.
+
+    ``||B W||^2 - 2 tr(B^T Q)`` is the asymmetric methods' code objective with ``U = W^T``, so
+    each sweep is :func:`~schn.methods.common.bitwise_sweep`; ``sign(0) = +1``.
+    """
     for sweep in range(1, passes + 1):
-        changed = False
-        for bit in range(B.shape[1]):
-            new = dcc_bit(B, W, Q, bit)
-            changed |= bool((new != B[:, bit]).any())
-            B[:, bit] = new
-        if not changed:
+        new = bitwise_sweep(B, W.T, Q)
+        if torch.equal(new, B):
             break
-    return B, sweep
+        B = new
+    return B.clone(), sweep
 
 
 def sdh_alternate(phi, Y, B, iterations: int, lam: float, nu: float, f_ridge: float, dcc_passes: int):
