@@ -1,4 +1,4 @@
-"""The ``schn`` command line: train, evaluate, encode, plot, demo, list.
+"""The ``schn`` command line: train, evaluate, encode, plot, demo, benchmark, index, search, list.
 
 Every mistake a user can cause ends in one line on stderr (``error: ...``) and exit status 2.
 """
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from .errors import SchnError, one_line
+from .index_cli import add_index_commands
 
 DEMO_CONFIG = "digits.yaml"
 
@@ -81,7 +82,27 @@ def cmd_demo(args) -> int:
     print(f"{'bits':>4}  {'mAP@all':>8}  {'P(r<=2)':>8}  {'seconds':>8}  run")
     for bits, m, p, s, run_dir in rows:
         print(f"{bits:>4}  {m:>8.4f}  {p:>8.4f}  {s:>8.1f}  {run_dir}")
+    _demo_search(rows[-1][-1])
     return 0
+
+
+def _demo_search(run_dir: Path) -> None:
+    """Index the run's database and search it with the first query image's code."""
+    import numpy as np
+
+    from .index.build import build_index
+    from .index_cli import print_neighbors
+
+    index = build_index(run_dir, run_dir / "index", progress=False)
+    with np.load(run_dir / "codes.npz") as saved:
+        code, label = saved["query_codes"][:1], saved["query_labels"][0]
+    query_label = ",".join(np.asarray(index.class_names)[label > 0])
+    found = index.search(code, 5)
+    ids = found.ids[0].tolist()
+    print(f"\nindex: {run_dir / 'index'} ({len(index)} items, {index.bits}-bit codes)")
+    print_neighbors(index, f"the 5 nearest to the first query image (label {query_label}):", ids,
+                    found.distances[0].tolist())
+    print(f"search it yourself: .venv/bin/schn search {run_dir / 'index'} --id {ids[0]} -k 5")
 
 
 def cmd_benchmark(args) -> int:
@@ -100,10 +121,12 @@ def cmd_benchmark(args) -> int:
 def cmd_list(args) -> int:
     from .backbones import list_backbones
     from .data import list_datasets, list_splits
+    from .index import list_index_backends, list_searchers
     from .methods import list_methods
 
     print(json.dumps({"methods": list_methods(), "backbones": list_backbones(),
-                      "datasets": list_datasets(), "splits": list_splits()}, indent=2))
+                      "datasets": list_datasets(), "splits": list_splits(),
+                      "searchers": list_searchers(), "index_backends": list_index_backends()}, indent=2))
     return 0
 
 
@@ -152,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", default=None, help="output folder (default runs/benchmark-<config name>)")
     p.set_defaults(func=cmd_benchmark)
 
-    p = sub.add_parser("list", help="registered methods, backbones, data sets and split protocols")
+    add_index_commands(sub)
+
+    p = sub.add_parser("list", help="registered methods, backbones, data sets, split protocols, searchers")
     p.set_defaults(func=cmd_list)
     return parser
 

@@ -69,3 +69,41 @@ def hamming_packed(query: np.ndarray, database: np.ndarray) -> np.ndarray:
     for i in range(q.shape[0]):  # one row at a time bounds memory at nd x bytes
         out[i] = np.bitwise_count(np.bitwise_xor(d, q[i])).sum(axis=1, dtype=np.int32)
     return out
+
+
+def check_packed(packed, bits: int) -> np.ndarray:
+    """Validate ``(n, ceil(bits/8))`` packed codes: a C-contiguous uint8 array whose padding bits are 0."""
+    a = np.asarray(packed)
+    if a.ndim == 1:
+        a = a.reshape(1, -1)
+    if a.ndim != 2 or a.dtype != np.uint8 or a.shape[1] != packed_width(bits):
+        raise SchnError(
+            f"codes of shape {a.shape} and type {a.dtype} are not packed {bits}-bit codes; expected uint8 "
+            f"rows of {packed_width(bits)} bytes (pack +-1 codes with schn.codes.pack)"
+        )
+    spare = packed_width(bits) * 8 - int(bits)
+    if spare and len(a) and (a[:, -1] & np.uint8((1 << spare) - 1)).any():
+        raise SchnError(f"{bits}-bit codes have non-zero padding bits in their last byte; pack them with schn.codes.pack")
+    return np.ascontiguousarray(a)
+
+
+def to_words(packed: np.ndarray) -> np.ndarray:
+    """Packed rows as ``(n, ceil(bytes/8))`` uint64 words, big-endian, zero-padded.
+
+    Bit ``j`` of a code is bit ``63 - j % 64`` of word ``j // 64``, so substrings of a code are
+    shifts and masks of words, and the popcount of XORed words is the Hamming distance.
+    """
+    packed = np.asarray(packed, dtype=np.uint8)
+    n, width = packed.shape
+    words = -(-width // 8)
+    if width != words * 8:
+        padded = np.zeros((n, words * 8), dtype=np.uint8)
+        padded[:, :width] = packed
+        packed = padded
+    return np.ascontiguousarray(packed).view(">u8").astype(np.uint64).reshape(n, words)
+
+
+def word_distances(query_words: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """Hamming distances (int32) of one query's words ``(W,)`` to rows of words ``(n, W)``."""
+    counts = np.bitwise_count(np.bitwise_xor(words, query_words))
+    return counts[:, 0].astype(np.int32) if counts.shape[1] == 1 else counts.sum(axis=1, dtype=np.int32)

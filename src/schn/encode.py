@@ -58,13 +58,8 @@ class ImageFiles(Dataset):
         return self.transform(img), torch.zeros(0), i
 
 
-def encode_images(run_dir, paths, out_path, device: str | None = None, batch_size: int = 256,
-                  progress: bool = True) -> tuple[int, Path]:
-    out_path = Path(out_path)
-    if out_path.suffix != ".npz":
-        raise SchnError(f"output file {out_path} must end in .npz")
-    files = collect_images(paths)
-    run = open_run(run_dir, device)
+def encode_files(run, files: list[Path], batch_size: int = 256, progress: bool = True) -> np.ndarray:
+    """``sign(U_I(x))`` of image files by a loaded run's network, as packed codes."""
     spec = run.checkpoint["input_spec"]
     transform = build_transform(spec["preprocess"], False, spec["input_size"], spec["mean"], spec["std"],
                                 spec["channels"])
@@ -74,7 +69,18 @@ def encode_images(run_dir, paths, out_path, device: str | None = None, batch_siz
         backbone = backbone_for(run.cfg.model, spec["channels"], spec["input_size"]).to(run.device).eval()
     signed = encode_view(run.method, ImageFiles(files, transform, spec["channels"]), run.device, batch_size,
                          progress=progress, desc="encode", backbone=backbone)
+    return codes_mod.pack(signed)
+
+
+def encode_images(run_dir, paths, out_path, device: str | None = None, batch_size: int = 256,
+                  progress: bool = True) -> tuple[int, Path]:
+    out_path = Path(out_path)
+    if out_path.suffix != ".npz":
+        raise SchnError(f"output file {out_path} must end in .npz")
+    files = collect_images(paths)
+    run = open_run(run_dir, device)
+    packed = encode_files(run, files, batch_size, progress)
     with atomic_path(out_path, suffix=".npz") as tmp:
-        np.savez(tmp, codes=codes_mod.pack(signed), ids=np.array([str(p) for p in files]),
+        np.savez(tmp, codes=packed, ids=np.array([str(p) for p in files]),
                  bits=run.checkpoint["bits"], bit_order="msb-first")
     return len(files), out_path

@@ -1,0 +1,102 @@
+"""Indexes from trained runs: the run's database codes, or new images encoded by its network.
+
+The manifest records the run and the SHA-256 of its checkpoint; images are only ever encoded into
+an index by the very model that made its codes (a retrained run is refused: rebuild the index).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SchnError
+from .base import CodeIndex, create_index_backend, is_milvus_location
+
+
+def model_checksum(run_dir) -> str:
+    ckpt = Path(run_dir) / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise SchnError(f"{run_dir} has no checkpoint.pt; pass a finished run folder written by `schn train`")
+    h = hashlib.sha256()
+    with open(ckpt, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def _item_path(dataset, i: int) -> str:
+    """Where item i's image lives (file readers), or '' for in-memory data sets."""
+    paths, source = getattr(dataset, "paths", None), getattr(dataset, "source", None)
+    if paths is None or source is None:
+        return ""
+    where = source.describe(paths[i])  # a file under a folder, or "archive.tar:member"
+    return str(Path(where).resolve()) if Path(where).is_file() else where
+
+
+def run_database(run_dir) -> tuple[np.ndarray, list[str], np.ndarray, list[str], list[str]]:
+    """The run's database as indexed by default: packed codes (as evaluated: the learned codes for
+    asymmetric methods), data set ids, labels, image paths, class names."""
+    from ..config import load_config
+    from ..data import create_dataset
+
+    run_dir = Path(run_dir)
+    saved = run_dir / "codes.npz"
+    if not saved.is_file():
+        raise SchnError(f"{run_dir} has no codes.npz; train or evaluate the run first (`schn evaluate {run_dir}`)")
+    with np.load(saved) as npz:
+        packed, rows = npz["database_codes"], npz["database_indices"]
+    dataset = create_dataset(load_config(run_dir / "config.yaml").data)
+    if len(dataset) <= int(rows.max(initial=0)):
+        raise SchnError(f"the data set of {run_dir} changed since training ({len(dataset)} items); "
+                        "index images with --images instead")
+    ids = [str(dataset.ids[i]) for i in rows]
+    return packed, ids, dataset.labels[rows], [_item_path(dataset, int(i)) for i in rows], list(dataset.class_names)
+
+
+def build_index(run_dir, location, images=None, collection: str | None = None, overwrite: bool = False,
+                device: str | None = None, progress: bool = True) -> CodeIndex:
+    """A new index of the run's database (default) or of image files/folders, saved at ``location``."""
+    from ..runs import open_run
+
+    run = open_run(run_dir, device)
+    info = {"method": run.cfg.method_name, "run": str(Path(run_dir).resolve()), "model_checksum": model_checksum(run_dir),
+            "dataset": run.cfg.data.name, "source": "images" if images else "run database"}
+    bits = int(run.checkpoint["bits"])
+    if images:
+        from ..encode import collect_images, encode_files
+
+        files = collect_images(images)
+        packed, ids, labels, paths, names = encode_files(run, files, progress=progress), [str(p) for p in files], \
+            None, [str(p.resolve()) for p in files], None
+    else:
+        packed, ids, labels, paths, names = run_database(run_dir)
+    backend = "milvus" if is_milvus_location(location) else "local"
+    options = {"collection": collection} if backend == "milvus" else {}
+    index = create_index_backend(backend, str(location), bits=bits, id_kind="str", class_names=names, info=info,
+                                 overwrite=overwrite, **options)
+    index.add(packed, ids=ids, labels=labels, paths=paths)
+    index.save()
+    return index
+
+
+def encode_for_index(index: CodeIndex, images, run_dir=None, device: str | None = None,
+                     progress: bool = False) -> tuple[np.ndarray, list[Path]]:
+    """Packed codes of image files by the model that made the index's codes."""
+    from ..encode import collect_images, encode_files
+    from ..runs import open_run
+
+    run_dir = Path(run_dir or index.info.get("run") or "")
+    if not index.info.get("run") and run_dir == Path(""):
+        raise SchnError("this index records no run; pass --run RUN to encode images")
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise SchnError(f"the index's run {run_dir} is gone; pass --run with the run folder that built the index")
+    want = index.info.get("model_checksum")
+    if want and model_checksum(run_dir) != want:
+        raise SchnError(f"{run_dir}/checkpoint.pt is not the model that built this index (checksum differs); "
+                        "rebuild the index with `schn index build`")
+    run = open_run(run_dir, device)
+    if int(run.checkpoint["bits"]) != index.bits:
+        raise SchnError(f"run {run_dir} makes {run.checkpoint['bits']}-bit codes, the index holds {index.bits}-bit codes")
+    files = collect_images(images)
+    return encode_files(run, files, progress=progress), files

@@ -1,0 +1,155 @@
+"""``schn index build|add|delete|info`` and ``schn search``: the command line of ``schn.index``.
+
+A location is an index folder, a Milvus Lite file (``*.db``) or a Milvus URI (``http://host:19530``);
+``--collection`` names the Milvus collection.
+"""
+from __future__ import annotations
+
+import json
+
+from .errors import SchnError
+
+
+def _open(args):
+    from .index import open_index
+
+    return open_index(args.index, collection=args.collection, verify=not getattr(args, "no_verify", False),
+                      searcher=getattr(args, "searcher", "auto"))
+
+
+def _user_ids(index, raw: list[str]):
+    """Command-line ids in the index's kind (integers for an index of integer ids)."""
+    if index.id_kind != "int":
+        return raw
+    try:
+        return [int(v) for v in raw]
+    except ValueError:
+        raise SchnError(f"this index has integer ids; {raw} are not integers") from None
+
+
+def cmd_index_build(args) -> int:
+    from .index.build import build_index
+
+    index = build_index(args.run, args.output, images=args.images, collection=args.collection,
+                        overwrite=args.overwrite, device=args.device, progress=not args.quiet)
+    print(f"index {args.output}: {len(index)} items, {index.bits}-bit codes, method {index.info.get('method')}")
+    return 0
+
+
+def cmd_index_add(args) -> int:
+    from .index.build import encode_for_index
+
+    index = _open(args)
+    packed, files = encode_for_index(index, args.paths, run_dir=args.run, device=args.device, progress=not args.quiet)
+    ids, paths = [str(p) for p in files], [str(p.resolve()) for p in files]
+    if args.upsert:
+        replaced, added = index.upsert(packed, ids=ids, paths=paths)
+    else:
+        index.add(packed, ids=ids, paths=paths)
+        replaced, added = 0, len(files)
+    index.save()
+    print(f"index {args.index}: added {added}, replaced {replaced}; {len(index)} items")
+    return 0
+
+
+def cmd_index_delete(args) -> int:
+    index = _open(args)
+    removed = index.delete(_user_ids(index, args.ids), missing="ignore" if args.missing_ok else "error")
+    index.save()
+    print(f"index {args.index}: removed {removed}; {len(index)} items")
+    return 0
+
+
+def cmd_index_info(args) -> int:
+    print(json.dumps(_open(args).describe(), indent=2, default=str))
+    return 0
+
+
+def cmd_search(args) -> int:
+    index = _open(args)
+    if (args.image is None) == (args.id is None):
+        raise SchnError("pass exactly one of --image PATH or --id ID")
+    if args.image is not None:
+        from .index.build import encode_for_index
+
+        queries = encode_for_index(index, [args.image], run_dir=args.run, device=args.device)[0]
+        query = args.image
+    else:
+        query = _user_ids(index, [args.id])[0]
+        queries = index.codes_of([query])
+    if args.radius is not None:
+        found = index.radius_search(queries, args.radius)[0]
+        ids, dists = found.ids.tolist(), found.distances.tolist()
+    elif args.id is not None:
+        found = index.search_ids([query], args.k)
+        ids, dists = found.ids[0].tolist(), found.distances[0].tolist()
+    else:
+        found = index.search(queries, args.k)
+        ids, dists = found.ids[0].tolist(), found.distances[0].tolist()
+    if args.json:
+        rows = [{"rank": r + 1, "distance": d, **item} for r, (d, item) in enumerate(zip(dists, index.items(ids)))]
+        print(json.dumps({"query": str(query), "results": rows}, indent=2))
+    else:
+        print_neighbors(index, f"query {query}: {len(ids)} results from {len(index)} items ({index.bits}-bit codes)",
+                        ids, dists)
+    return 0
+
+
+def print_neighbors(index, title: str, ids, dists) -> None:
+    """A title, then rank, id, distance, label and path of each result."""
+    rows = [{"rank": r + 1, "distance": d, **item} for r, (d, item) in enumerate(zip(dists, index.items(ids)))]
+    print(title)
+    width = max([len(str(r["id"])) for r in rows] + [2])
+    print(f"{'rank':>4}  {'id':<{width}}  {'dist':>4}  {'label':<12}  path")
+    for r in rows:
+        print(f"{r['rank']:>4}  {str(r['id']):<{width}}  {r['distance']:>4}  {r['label']:<12}  {r['path']}")
+
+
+def add_index_commands(sub) -> None:
+    def location(p):
+        p.add_argument("index", help="index folder, Milvus Lite file (*.db) or Milvus URI")
+        p.add_argument("--collection", default=None, help="Milvus collection (default schn_codes)")
+
+    index = sub.add_parser("index", help="build, extend and inspect a Hamming index").add_subparsers(
+        dest="index_command", required=True)
+    p = index.add_parser("build", help="index a run's database codes (default) or image files")
+    p.add_argument("run")
+    p.add_argument("-o", "--output", required=True, help="index folder, Milvus Lite file (*.db) or Milvus URI")
+    p.add_argument("--images", nargs="+", default=None, help="image files or folders, encoded by the run's network")
+    p.add_argument("--collection", default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace an index already there")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_index_build)
+
+    p = index.add_parser("add", help="encode image files or folders and add them (ids: the paths as given)")
+    location(p)
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--upsert", action="store_true", help="replace items whose id is already there")
+    p.add_argument("--run", default=None, help="the run that built the index, if it moved")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_index_add)
+
+    p = index.add_parser("delete", help="remove items by id")
+    location(p)
+    p.add_argument("ids", nargs="+")
+    p.add_argument("--missing-ok", action="store_true", help="ignore ids that are not there")
+    p.set_defaults(func=cmd_index_delete)
+
+    p = index.add_parser("info", help="what the index holds and where its codes came from")
+    location(p)
+    p.add_argument("--no-verify", action="store_true", help="skip the checksum check of the files")
+    p.set_defaults(func=cmd_index_info)
+
+    p = sub.add_parser("search", help="the nearest items of an image or of a stored item")
+    location(p)
+    p.add_argument("--image", default=None, help="query image, encoded by the index's run")
+    p.add_argument("--id", default=None, help="query by a stored item's id (the item itself is left out)")
+    p.add_argument("-k", type=int, default=10, help="number of neighbours (default 10)")
+    p.add_argument("--radius", type=int, default=None, help="every item within this Hamming distance instead")
+    p.add_argument("--searcher", default="auto", help="auto, numpy, faiss or mih (local indexes)")
+    p.add_argument("--run", default=None, help="the run that built the index, if it moved")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="results as JSON")
+    p.set_defaults(func=cmd_search)
