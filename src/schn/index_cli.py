@@ -148,7 +148,8 @@ def add_index_commands(sub) -> None:
     p.add_argument("--id", default=None, help="query by a stored item's id (the item itself is left out)")
     p.add_argument("-k", type=int, default=10, help="number of neighbours (default 10)")
     p.add_argument("--radius", type=int, default=None, help="every item within this Hamming distance instead")
-    p.add_argument("--searcher", default="auto", help="auto, numpy, faiss or mih (local indexes)")
+    # one query from a fresh process: a flat scan beats building multi-index hashing's tables
+    p.add_argument("--searcher", default="faiss", help="faiss (default), mih, numpy or auto (local indexes)")
     p.add_argument("--run", default=None, help="the run that built the index, if it moved")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="results as JSON")

@@ -7,6 +7,7 @@
 - ``milvus`` backend: the same API on a Milvus collection (Milvus Lite file or server URI).
 - :func:`open_index` opens either from a location.
 """
+from . import milvus  # noqa: F401  registers the milvus backend; pymilvus is imported only when used
 from .base import CodeIndex, Neighbors, create_index_backend, is_milvus_location, list_index_backends
 from .mih import MultiIndexHashing
 from .searchers import Searcher, create_searcher, list_searchers
@@ -19,7 +20,5 @@ __all__ = ["CodeIndex", "HammingIndex", "Neighbors", "Searcher", "MultiIndexHash
 def open_index(location, *, collection: str | None = None, verify: bool = True, searcher: str = "auto") -> CodeIndex:
     """Open an existing index: a local folder, or a Milvus collection (see ``is_milvus_location``)."""
     if is_milvus_location(location):
-        from .milvus import MilvusIndex
-
-        return MilvusIndex.open(location, collection=collection)
+        return milvus.MilvusIndex.open(location, collection=collection)
     return HammingIndex.open(location, verify=verify, searcher=searcher)

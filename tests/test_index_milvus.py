@@ -1,0 +1,188 @@
+"""The ``milvus`` index backend on Milvus Lite: same answers as the exact local index, same API."""
+import itertools
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
+from schn.codes import pack  # noqa: E402
+from schn.errors import SchnError  # noqa: E402
+from schn.index import HammingIndex, create_index_backend, open_index  # noqa: E402
+from schn.index.milvus import MilvusIndex, milvus_index  # noqa: E402
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """One Milvus Lite file for the module (each test uses its own collections)."""
+    return str(tmp_path_factory.mktemp("milvus") / "m.db")
+
+
+def new_index(db, bits, **options) -> MilvusIndex:
+    return milvus_index(db, bits, collection=f"c{next(_names)}", **options)
+
+
+def random_codes(rng, n, bits):
+    return pack(rng.choice([-1, 1], (n, bits)))
+
+
+def assert_same(a, b):
+    assert a.ids.dtype.kind == b.ids.dtype.kind
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.distances, b.distances)
+    assert b.distances.dtype == np.int32
+
+
+@pytest.fixture(scope="module", params=[(12, "int"), (12, "str"), (64, "int"), (64, "str")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def pair(request, db):
+    """The same 2000 items in a local index and a Milvus collection (12 bits: many distance ties)."""
+    bits, kind = request.param
+    rng = np.random.default_rng(bits)
+    n = 2000
+    codes = random_codes(rng, n, bits)
+    order = rng.permutation(5 * n)[:n]  # ids not in row order
+    ids = order.astype(np.int64) - n if kind == "int" else np.array([f"id-{j}-ü\"\\" for j in order])
+    local, remote = HammingIndex(bits), new_index(db, bits)
+    local.add(codes, ids)
+    remote.add(codes, ids)
+    return local, remote, ids, random_codes(rng, 25, bits)
+
+
+@pytest.mark.parametrize("k", [1, 10, 50])
+def test_search_equals_local(pair, k):
+    local, remote, _, queries = pair
+    assert_same(local.search(queries, k), remote.search(queries, k))
+
+
+def test_radius_search_and_search_ids_equal_local(pair):
+    local, remote, ids, queries = pair
+    for r in ((0, 1, 3) if local.bits == 12 else (22, 26)):
+        found = remote.radius_search(queries, r)
+        assert len(found) == len(queries)
+        for a, b in zip(local.radius_search(queries, r), found):
+            assert_same(a, b)
+    assert_same(local.search_ids(ids[:7], 5), remote.search_ids(ids[:7], 5))
+    assert_same(local.search_ids(ids[:3], 4, include_self=True), remote.search_ids(ids[:3], 4, include_self=True))
+    assert_same(local.search(queries[:2], 5000), remote.search(queries[:2], 5000))  # k > n: all items
+
+
+def test_results_past_milvus_row_cap(db):
+    """Milvus returns at most 16384 rows per search: larger k and radii are fetched one distance at a time."""
+    rng = np.random.default_rng(3)
+    bits, n = 4, 20000
+    codes, ids = random_codes(rng, n, bits), rng.permutation(n).astype(np.int64)
+    local, remote = HammingIndex(bits), new_index(db, bits)
+    local.add(codes, ids)
+    remote.add(codes, ids)
+    queries = codes[:2]
+    assert_same(local.search(queries, 17000), remote.search(queries, 17000))
+    for a, b in zip(local.radius_search(queries, 4), remote.radius_search(queries, 4)):
+        assert_same(a, b)
+    # more ties at one distance than Milvus can return: refused, not answered wrongly
+    crowded = new_index(db, 1)
+    crowded.add(random_codes(rng, 33000, 1))
+    with pytest.raises(SchnError, match="16383 items lie at Hamming distance 0"):
+        crowded.search(pack(np.ones((1, 1))), 3)
+
+
+def test_mutations_like_local(db):
+    rng = np.random.default_rng(5)
+    bits, names = 20, ["cat", "dog", "eel"]
+    local, remote = HammingIndex(bits, class_names=names), new_index(db, bits, class_names=names)
+    codes = random_codes(rng, 60, bits)
+    labels = rng.integers(0, 2, (60, 3))
+    paths = [f"img/{i}.jpg" for i in range(60)]
+    for index in (local, remote):
+        index.add(codes[:20], ids=[-5, 3] + list(range(10, 28)), labels=labels[:20], paths=paths[:20])
+        index.add(codes[20:40])  # automatic ids continue after the largest id
+        assert index.upsert(codes[40:55], ids=[*range(20, 28), *range(60, 67)], labels=labels[40:55]) == (8, 7)
+        assert index.delete([3, 10, 12]) == 3
+        assert index.delete([3, 11, 999], missing="ignore") == 1
+    assert len(remote) == len(local) == 43
+    assert 28 in remote and 66 in remote and 3 not in remote and 999 not in remote
+    asked = [66, -5, 28, 24, 13]
+    np.testing.assert_array_equal(remote.codes_of(asked), local.codes_of(asked))
+    assert remote.items(asked) == local.items(asked)
+    assert remote.items([24])[0]["path"] == "img/16.jpg"  # upsert without paths keeps the path
+    queries = random_codes(rng, 5, bits)
+    assert_same(local.search(queries, 8), remote.search(queries, 8))
+
+    with pytest.raises(SchnError, match="already in the index"):
+        remote.add(codes[:1], ids=[66])
+    with pytest.raises(SchnError, match="occurs twice"):
+        remote.add(codes[:2], ids=[100, 100])
+    with pytest.raises(SchnError, match="not packed 20-bit codes"):
+        remote.add(np.zeros((2, 2), np.uint8), ids=[100, 101])
+    with pytest.raises(SchnError, match="holds int ids"):
+        remote.add(codes[:1], ids=["x"])
+    with pytest.raises(SchnError, match="not in the index"):
+        remote.codes_of([66, 999])
+    with pytest.raises(SchnError, match="not in the index"):
+        remote.delete([999])
+    assert len(remote) == 43
+
+
+def test_string_ids(db):
+    rng = np.random.default_rng(6)
+    remote = new_index(db, 16)
+    ids = ['we"ird', "back\\slash", "日本", "😀", "a b", "tab\tid", "x" * 1024]
+    codes = random_codes(rng, len(ids), 16)
+    remote.add(codes, ids)
+    assert all(i in remote for i in ids) and "nope" not in remote
+    np.testing.assert_array_equal(remote.codes_of(ids[::-1]), codes[::-1])
+    assert remote.upsert(codes[:2], ids=["日本", "new"]) == (1, 1)
+    assert remote.delete(ids[:3]) == 3 and len(remote) == 5
+    with pytest.raises(SchnError, match="string ids"):
+        remote.add(codes[:1], ids=["line\nbreak"])
+    with pytest.raises(SchnError, match="Milvus Lite cannot delete"):
+        remote.add(codes[:1], ids=["it's"])
+    assert "line\nbreak" not in remote and "it's" not in remote
+    with pytest.raises(SchnError, match="pass one id per code"):
+        remote.add(codes[:1])
+
+
+def test_reopen_keeps_manifest(db):
+    info = {"method": "schn", "run": "runs/x", "model_checksum": "abc123"}
+    built = milvus_index(db, 24, collection="kept", class_names=["a", "b"], info=info)
+    codes = random_codes(np.random.default_rng(7), 10, 24)
+    built.add(codes, ids=[f"s{i}" for i in range(10)], labels=np.eye(10, 2, dtype=np.uint8), paths=list("abcdefghij"))
+    built.save()
+    again = open_index(db, collection="kept")
+    assert isinstance(again, MilvusIndex)
+    assert (again.bits, again.id_kind, again.class_names, again.info) == (24, "str", ["a", "b"], info)
+    assert len(again) == 10 and again.items(["s1", "s2"]) == [{"id": "s1", "label": "b", "path": "b"},
+                                                             {"id": "s2", "label": "", "path": "c"}]
+    facts = again.describe()
+    assert facts["format"] == "schn-milvus" and facts["count"] == 10 and facts["collection"] == "kept"
+    assert facts["method"] == "schn" and facts["index_type"] == "BIN_FLAT" and facts["uri"] == db
+    with pytest.raises(SchnError, match="already exists"):
+        milvus_index(db, 24, collection="kept")
+    replaced = milvus_index(db, 8, collection="kept", overwrite=True)
+    assert len(open_index(db, collection="kept")) == 10  # the old index stays until the first write
+    replaced.add(np.zeros((2, 1), np.uint8))  # int ids where the old one held strings
+    assert (len(replaced), open_index(db, collection="kept").id_kind) == (2, "int")
+
+
+def test_empty_index_and_backend_registry(db):
+    index = create_index_backend("milvus", db, bits=8, collection="empty")
+    assert len(index) == 0 and 5 not in index
+    found = index.search(np.zeros((3, 1), np.uint8), 4)
+    assert found.ids.shape == found.distances.shape == (3, 0)
+    assert [len(f.ids) for f in index.radius_search(np.zeros((2, 1), np.uint8), 3)] == [0, 0]
+    index.save()  # creates the (empty) collection
+    assert len(open_index(db, collection="empty")) == 0
+
+
+def test_open_errors(db, tmp_path):
+    with pytest.raises(SchnError, match="no collection nothing_here at"):
+        open_index(db, collection="nothing_here")
+    missing_file = tmp_path / "absent.db"
+    with pytest.raises(SchnError, match="schn index build RUN"):
+        open_index(str(missing_file))
+    assert not missing_file.exists()
+    with pytest.raises(SchnError, match="only the BIN_FLAT"):
+        milvus_index(db, 8, collection="ivf", index_type="BIN_IVF_FLAT")
