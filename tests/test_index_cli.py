@@ -91,3 +91,18 @@ def test_user_mistakes_end_in_one_line(run_dir, tmp_path, capsys):
     assert main(["search", str(idx), "--image", "x.png", "--run", str(moved)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not the model that built this index" in err
+
+
+def test_the_same_commands_work_on_milvus_lite(run_dir, tmp_path, capsys):
+    pytest.importorskip("pymilvus")
+    db, local = str(tmp_path / "codes.db"), tmp_path / "idx"
+    assert main(["index", "build", str(run_dir), "-o", db, "--collection", "digits", "--quiet"]) == 0
+    assert main(["index", "build", str(run_dir), "-o", str(local), "--quiet"]) == 0
+    first = str(HammingIndex.open(local).ids[0])
+    capsys.readouterr()
+    assert main(["search", db, "--collection", "digits", "--id", first, "-k", "8", "--json"]) == 0
+    from_milvus = json.loads(capsys.readouterr().out)["results"]
+    assert main(["search", str(local), "--id", first, "-k", "8", "--json"]) == 0
+    assert from_milvus == json.loads(capsys.readouterr().out)["results"]  # ids, distances, labels, paths
+    assert main(["index", "info", db, "--collection", "digits"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == len(HammingIndex.open(local))

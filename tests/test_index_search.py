@@ -37,8 +37,8 @@ def test_every_searcher_equals_the_loop(bits):
     db[50:60] = db[0]  # exact duplicates: ties at distance 0
     queries = np.concatenate([random_codes(rng, 4, bits), db[:2]])
     ids = rng.permutation(n).astype(np.int64)  # ties are broken by id, not by row
-    for name in list_searchers():
-        searcher = create_searcher(name, db, bits)
+    for name, tie_order in [(name, order) for name in list_searchers() for order in (None, np.argsort(ids))]:
+        searcher = create_searcher(name, db, bits, tie_order=tie_order)
         for k in (1, 7, n):
             rows, dist = select_knn(searcher.knn(queries, k), k, ids)
             for i, q in enumerate(queries):
@@ -70,6 +70,20 @@ def test_multi_index_hashing_is_exact_for_any_substring_count(m):
         got = sort_found(mih.radius(queries, r), ids)
         want = sort_found(flat.radius(queries, r), ids)
         assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(got, want))
+
+
+def test_faiss_is_checked_for_ranking_ties_by_position(monkeypatch):
+    from schn.index import searchers
+
+    assert searchers.faiss_ranks_ties_by_position()  # FAISS >= 1.7.3 heaps: measured, not assumed
+    db = np.zeros((50, 1), dtype=np.uint8)  # fifty equal codes
+    order = np.arange(50)[::-1]
+    assert create_searcher("faiss", db, 8, tie_order=order).knn(db[:1], 3)[0][0].tolist() == [49, 48, 47]
+    searchers.faiss_ranks_ties_by_position.cache_clear()
+    monkeypatch.setattr(np, "lexsort", lambda keys: np.arange(len(keys[0]))[::-1])  # the check now fails
+    assert not searchers.faiss_ranks_ties_by_position()
+    monkeypatch.undo()
+    searchers.faiss_ranks_ties_by_position.cache_clear()
 
 
 def test_string_ids_break_ties_by_code_point_order():
@@ -118,3 +132,24 @@ def test_padding_bits_must_be_zero():
     codes_mod.check_packed(np.array([[0, 0b00010000]], dtype=np.uint8), 12)  # bit 11: a real bit
     with pytest.raises(SchnError, match="bytes"):
         codes_mod.check_packed(np.zeros((2, 3), np.uint8), 12)
+
+
+@pytest.mark.parametrize("budget", [10**9, 50, 0])
+def test_auto_searcher_is_exact_whichever_way_each_query_goes(monkeypatch, budget):
+    from schn.index.mih import AutoSearcher
+
+    monkeypatch.setattr(AutoSearcher, "min_items", 1)
+    rng = np.random.default_rng(1)
+    bits, n = 32, 400
+    centres = rng.choice([-1, 1], size=(4, bits))
+    db = codes_mod.pack(centres[rng.integers(0, 4, n)] * np.where(rng.random((n, bits)) < 0.05, -1, 1))
+    queries = np.concatenate([db[:12], random_codes(rng, 12, bits)])  # near and far queries
+    ids = rng.permutation(n)
+    auto = create_searcher("auto", db, bits)
+    auto.budget = budget  # everything by MIH, some queries by the scan, or all by the scan
+    flat = create_searcher("numpy", db, bits)
+    for k in (1, 10):
+        got, want = select_knn(auto.knn(queries, k), k, ids), select_knn(flat.knn(queries, k), k, ids)
+        assert (got[0] == want[0]).all() and (got[1] == want[1]).all()
+    got, want = sort_found(auto.radius(queries, 4), ids), sort_found(flat.radius(queries, 4), ids)
+    assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(got, want))

@@ -76,6 +76,46 @@ class CodeIndex:
     def describe(self) -> dict:
         raise NotImplementedError
 
+    def _next_int_id(self) -> int:
+        """The first automatic id: one past the largest stored integer id (0 when empty)."""
+        raise NotImplementedError
+
+    def _checked_batch(self, codes, ids, labels, paths):
+        """A batch to add, checked the same way by every backend: packed codes, stored ids (int64 or
+        UTF-8 ``S``; automatic integers when ``ids`` is None), 0/1 labels or None, paths or None."""
+        from .. import codes as codes_mod
+        from . import ids as ids_mod
+
+        codes = codes_mod.check_packed(codes, self.bits)
+        n = len(codes)
+        if ids is None:
+            if self.id_kind == "str":
+                raise SchnError("this index holds string ids; pass one id per code")
+            start = self._next_int_id()
+            stored = np.arange(start, start + n, dtype=np.int64)
+        else:
+            ids = [ids] if isinstance(ids, (str, bytes)) or np.isscalar(ids) else ids
+            stored = ids_mod.to_stored(ids, self.id_kind or ids_mod.id_kind_of(list(ids)))
+        if len(stored) != n:
+            raise SchnError(f"{n} codes but {len(stored)} ids; pass one id per code")
+        dup = ids_mod.first_duplicate(stored)
+        if dup is not None:
+            raise SchnError(f"id {ids_mod.to_user(np.array([dup]))[0].item()!r} occurs twice in the batch; "
+                            "ids must be unique")
+        if labels is not None:
+            labels = np.asarray(labels)
+            classes = len(self.class_names) if self.class_names is not None else labels.shape[-1]
+            if labels.ndim != 2 or labels.shape != (n, classes):
+                raise SchnError(f"labels must be a ({n}, {classes}) 0/1 array, got shape {labels.shape}")
+            if self.class_names is None:
+                self.class_names = [str(i) for i in range(classes)]
+            labels = (labels > 0).astype(np.uint8)
+        if paths is not None:
+            paths = [str(p) for p in paths]
+            if len(paths) != n:
+                raise SchnError(f"{n} codes but {len(paths)} paths; pass one path per code")
+        return codes, stored, labels, paths
+
     def search_ids(self, ids, k: int, include_self: bool = False) -> Neighbors:
         """Neighbours of stored items, by id; the item itself is left out unless ``include_self``."""
         ids = [ids] if isinstance(ids, (str, bytes)) or np.isscalar(ids) else list(ids)

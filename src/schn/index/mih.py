@@ -130,8 +130,9 @@ class MultiIndexHashing(Searcher):
     name = "mih"
     build_block_rows = 1 << 21
 
-    def __init__(self, packed: np.ndarray, bits: int, substrings: int | None = None):
-        super().__init__(packed, bits)
+    def __init__(self, packed: np.ndarray, bits: int, tie_order: np.ndarray | None = None,
+                 substrings: int | None = None):
+        super().__init__(packed, bits, tie_order)
         n = len(packed)
         self.m = int(substrings) if substrings else substring_count(bits, n)
         if not 1 <= self.m <= bits or -(-bits // self.m) > MAX_SUBSTRING_BITS:
@@ -147,14 +148,17 @@ class MultiIndexHashing(Searcher):
     def memory_bytes(self) -> int:
         return sum(t.memory_bytes() for t in self.tables) + self._seen.nbytes
 
-    def _search(self, query: np.ndarray, k: int | None, r: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """k-NN candidates (``k`` given) or every row within ``r``; see the module docstring."""
+    def _search(self, query: np.ndarray, k: int | None, r: int | None, budget: int | None = None):
+        """k-NN candidates (``k`` given) or every row within ``r``; see the module docstring.
+        With a ``budget``, gives up (returns None) once more than that many bucket keys and
+        candidate rows have been examined."""
         qw = codes_mod.to_words(query.reshape(1, -1))
         qkeys = [int(substring_keys(qw, start, length)[0]) for start, length in self.bounds]
         qw = qw[0]
         found_rows, found_dist = [], []
         histogram = np.zeros(self.bits + 1, dtype=np.int64)  # distinct rows found, by distance
         shortest = min(length for _, length in self.bounds)
+        work = 0
         with self._lock:
             try:
                 for radius in range(shortest + 1):
@@ -162,6 +166,10 @@ class MultiIndexHashing(Searcher):
                         keys = table.keys_at(qkeys[j], radius) if radius <= table.length else []
                         if len(keys):
                             rows, words = table.probe(keys)
+                            work += len(keys) + len(rows)
+                            if budget is not None and work > budget:
+                                self.last_work = work
+                                return None
                             if len(rows):
                                 new = ~self._seen[rows]
                                 rows, words = rows[new], words[new]
@@ -170,6 +178,7 @@ class MultiIndexHashing(Searcher):
                                 found_rows.append(rows)
                                 found_dist.append(dist)
                                 histogram += np.bincount(dist, minlength=self.bits + 1)
+                        self.last_work = work
                         bound = self.m * radius + j + 1  # every unseen row is at least this far
                         if k is not None:
                             reached = np.cumsum(histogram[:bound])
@@ -198,3 +207,66 @@ class MultiIndexHashing(Searcher):
     def radius(self, queries, r) -> Candidates:
         radii = np.broadcast_to(np.asarray(r, dtype=np.int64), (len(queries),))
         return [self._search(q, None, int(ri)) for q, ri in zip(queries, radii)]
+
+
+@SEARCHERS.register("auto")
+class AutoSearcher(Searcher):
+    """Multi-index hashing where it pays, the FAISS flat scan elsewhere; exact either way.
+
+    Multi-index hashing costs ~40-90 ns per bucket key or candidate row it examines (NumPy), the
+    flat scan ~1 ns per stored row (measured, benchmarks/RESULTS.md). So each query gets multi-index
+    hashing with a budget of n/64 keys and rows (about where the two cost the same; divided by
+    FAISS's thread count for a batch, which FAISS scans in parallel); past it, the query goes to
+    the flat scan, so a query costs at most about two scans. Learned (clustered)
+    codes stay far inside the budget; uniform random codes exceed it, and while most recent queries
+    do, only one call in ``retry_every`` tries multi-index hashing first. Below ``min_items`` rows
+    there are no tables: the scan wins.
+    """
+
+    name = "auto"
+    min_items = 100_000
+    retry_every = 8
+
+    def __init__(self, packed: np.ndarray, bits: int, tie_order: np.ndarray | None = None):
+        super().__init__(packed, bits, tie_order)
+        from .searchers import FaissSearcher
+
+        self.flat = FaissSearcher(packed, bits, tie_order)
+        self.mih = MultiIndexHashing(packed, bits) if len(packed) >= self.min_items else None
+        self.budget = max(1000, len(packed) // 64)
+        self._overrun_rate, self._calls = 0.0, 0
+
+    def memory_bytes(self) -> int:
+        return self.flat.memory_bytes() + (self.mih.memory_bytes() if self.mih else 0)
+
+    def _route(self, queries, by_mih, by_flat) -> Candidates:
+        found: Candidates = [None] * len(queries)  # type: ignore[list-item]
+        to_flat = []
+        # while most recent queries overran the budget, only one call in retry_every tries
+        # multi-index hashing, and a call stops trying as soon as its queries overrun
+        self._calls += 1
+        budget = self.budget if len(queries) == 1 else self.budget // max(1, self.flat.threads())
+        use_mih = self.mih is not None and (self._overrun_rate <= 0.5 or self._calls % self.retry_every == 0)
+        for i, query in enumerate(queries):
+            found[i] = by_mih(query, budget) if use_mih else None
+            if use_mih:
+                self._overrun_rate = 0.75 * self._overrun_rate + 0.25 * (found[i] is None)
+                use_mih = self._overrun_rate <= 0.5 or found[i] is not None
+            if found[i] is None:
+                to_flat.append(i)
+        if to_flat:
+            for i, candidates in zip(to_flat, by_flat(queries[to_flat])):
+                found[i] = candidates
+        return found
+
+    def knn(self, queries, k) -> Candidates:
+        return self._route(queries, lambda q, budget: self.mih._search(q, k, None, budget),
+                           lambda qs: self.flat.knn(qs, k))
+
+    def radius(self, queries, r) -> Candidates:
+        radii = np.broadcast_to(np.asarray(r, dtype=np.int64), (len(queries),))
+        if radii.min() != radii.max():
+            return [self.radius(q[None], int(ri))[0] for q, ri in zip(queries, radii)]
+        r = int(radii[0]) if len(radii) else 0
+        return self._route(queries, lambda q, budget: self.mih._search(q, None, r, budget),
+                           lambda qs: self.flat.radius(qs, r))

@@ -213,39 +213,21 @@ class MilvusIndex(CodeIndex):
         return [{"id": r["id"], "label": self._label_text(r["label"]), "path": r["path"]} for r in rows]
 
     # ---- mutations ----------------------------------------------------------------------
+    def _next_int_id(self) -> int:
+        return self._max_int_id() + 1 if len(self) else 0
+
     def _check_batch(self, codes, ids, labels, paths):
-        codes = codes_mod.check_packed(codes, self.bits)
-        n = len(codes)
-        if ids is None:
-            if self.id_kind == "str":
-                raise SchnError("this index holds string ids; pass one id per code")
-            start = self._max_int_id() + 1 if len(self) else 0
-            ids = list(range(start, start + n))
-        ids = self._ids(ids)
+        codes, stored, labels, paths = self._checked_batch(codes, ids, labels, paths)
+        ids = ids_mod.to_user(stored).tolist()
         if not all(map(self._storable, ids)):
             raise SchnError(f"string ids for Milvus must be at most {ID_BYTES} UTF-8 bytes without line breaks"
                             + (" or ' (Milvus Lite cannot delete those)" if self._lite else ""))
-        if len(ids) != n:
-            raise SchnError(f"{n} codes but {len(ids)} ids; pass one id per code")
-        dup = ids_mod.first_duplicate(_id_array(ids, "int" if not ids or isinstance(ids[0], int) else "str"))
-        if dup is not None:
-            raise SchnError(f"id {dup.item()!r} occurs twice in the batch; ids must be unique")
         if labels is not None:
-            labels = np.asarray(labels)
-            classes = len(self.class_names) if self.class_names is not None else labels.shape[-1]
-            if labels.ndim != 2 or labels.shape != (n, classes):
-                raise SchnError(f"labels must be a ({n}, {classes}) 0/1 array, got shape {labels.shape}")
-            if self.class_names is None:  # stored only if the collection is created by this batch
-                self.class_names = [str(i) for i in range(classes)]
             labels = [",".join(map(str, np.flatnonzero(row))) for row in labels]
             if any(len(text) > LABEL_CHARS for text in labels):
                 raise SchnError(f"too many positive classes for Milvus' {LABEL_CHARS}-character label field")
-        if paths is not None:
-            paths = [str(p) for p in paths]
-            if len(paths) != n:
-                raise SchnError(f"{n} codes but {len(paths)} paths; pass one path per code")
-            if any(len(p.encode()) > PATH_BYTES for p in paths):
-                raise SchnError(f"source paths for Milvus must be at most {PATH_BYTES} UTF-8 bytes")
+        if paths is not None and any(len(p.encode()) > PATH_BYTES for p in paths):
+            raise SchnError(f"source paths for Milvus must be at most {PATH_BYTES} UTF-8 bytes")
         self._ensure_collection("int" if not ids or isinstance(ids[0], int) else "str")
         return codes, ids, labels, paths
 

@@ -3,7 +3,9 @@
 Every searcher answers with *complete candidate sets*, so that the index can break distance ties
 by id the same way whatever found them:
 - ``knn(queries, k)``: for each query, every row whose distance is at most the k-th smallest
-  distance ``d_k`` (so all rows tied at ``d_k`` are there), with its distance;
+  distance ``d_k`` (so all rows tied at ``d_k`` are there), with its distance; or exactly the
+  first k rows in (distance, ``tie_order``) order, when the searcher was given ``tie_order`` (the
+  rows sorted by id) and can rank by it;
 - ``radius(queries, r)``: for each query, every row at distance ``<= r``.
 ``k`` is at most the number of rows (the index caps it). Rows are int64, distances int32.
 
@@ -12,6 +14,7 @@ brute-force reference the others are tested against.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -25,12 +28,13 @@ SEARCHERS: Registry[Callable[..., "Searcher"]] = Registry("searcher")
 
 
 class Searcher:
-    """Base: holds the packed codes (``(n, bytes)`` uint8) and the code length."""
+    """Base: holds the packed codes (``(n, bytes)`` uint8), the code length and, optionally, the
+    rows in the order that breaks distance ties (``tie_order``, rows sorted by id)."""
 
     name = "base"
 
-    def __init__(self, packed: np.ndarray, bits: int):
-        self.packed, self.bits = packed, int(bits)
+    def __init__(self, packed: np.ndarray, bits: int, tie_order: np.ndarray | None = None):
+        self.packed, self.bits, self.tie_order = packed, int(bits), tie_order
 
     def __len__(self) -> int:
         return len(self.packed)
@@ -64,9 +68,6 @@ class NumpySearcher(Searcher):
 
     name = "numpy"
     block_rows = 1 << 20
-
-    def __init__(self, packed: np.ndarray, bits: int):
-        super().__init__(packed, bits)
 
     def distances(self, query: np.ndarray) -> np.ndarray:
         q = codes_mod.to_words(query.reshape(1, -1))[0]
@@ -105,30 +106,54 @@ def _faiss():
 class FaissSearcher(Searcher):
     """FAISS ``IndexBinaryFlat`` (exhaustive, multi-threaded scan).
 
-    FAISS keeps exactly k results and breaks ties at the k-th distance its own way, so ``knn``
-    asks for k+1: when the (k+1)-th distance equals the k-th, the tie may extend further and a
-    range search at that distance collects every tied row (one more scan, for those queries only).
+    FAISS keeps exactly k results. Given ``tie_order``, FAISS holds the codes in that order, and
+    where this FAISS keeps the lowest positions among equal distances (checked once per process
+    by :func:`faiss_ranks_ties_by_position`, never assumed) its k results are the answer.
+    Otherwise ``knn`` asks for a few more (``k + tie_slack(k)``): when the last of those is still
+    at the k-th distance, the tie may extend further and a range search at that distance collects
+    every tied row (one more scan, for those queries only).
     """
 
     name = "faiss"
 
-    def __init__(self, packed: np.ndarray, bits: int):
-        super().__init__(packed, bits)
+    def __init__(self, packed: np.ndarray, bits: int, tie_order: np.ndarray | None = None):
+        super().__init__(packed, bits, tie_order)
         faiss = _faiss()
         self.index = faiss.IndexBinaryFlat(packed.shape[1] * 8)  # padding bits are 0 in every code
         if len(packed):
-            self.index.add(np.ascontiguousarray(packed))
+            self.index.add(np.ascontiguousarray(packed if tie_order is None else packed[tie_order]))
+        self.ranks_ties = tie_order is not None and faiss_ranks_ties_by_position()
 
     def memory_bytes(self) -> int:
         return int(self.index.ntotal) * self.packed.shape[1]
 
+    @staticmethod
+    def threads() -> int:
+        return _faiss().omp_get_max_threads()
+
+    def _rows(self, positions: np.ndarray) -> np.ndarray:
+        positions = positions.astype(np.int64)
+        return positions if self.tie_order is None else np.asarray(self.tie_order)[positions]
+
+    @staticmethod
+    def tie_slack(k: int) -> int:
+        return max(16, k // 2)
+
     def knn(self, queries, k):
         queries = np.ascontiguousarray(queries)
-        kk = min(k + 1, len(self))
-        dist, rows = self.index.search(queries, kk)
-        found: Candidates = [(rows[i, :k].astype(np.int64), dist[i, :k].astype(np.int32)) for i in range(len(queries))]
+        if self.ranks_ties:
+            dist, positions = self.index.search(queries, k)
+            rows = self._rows(positions)
+            return [(rows[i], dist[i].astype(np.int32)) for i in range(len(queries))]
+        kk = min(k + self.tie_slack(k), len(self))
+        dist, positions = self.index.search(queries, kk)
+        rows = self._rows(positions)
+        found: Candidates = []
+        for i in range(len(queries)):
+            last = np.searchsorted(dist[i], dist[i, k - 1], side="right")  # rows up to the k-th distance
+            found.append((rows[i, :last], dist[i, :last].astype(np.int32)))
         if kk > k:
-            tied = np.flatnonzero(dist[:, k] == dist[:, k - 1])
+            tied = np.flatnonzero(dist[:, kk - 1] == dist[:, k - 1])
             for i, (rows_i, dist_i) in zip(tied, self.radius(queries[tied], dist[tied, k - 1])):
                 found[i] = (rows_i, dist_i)
         return found
@@ -142,8 +167,29 @@ class FaissSearcher(Searcher):
             which = np.flatnonzero(radii == value)
             lims, dist, rows = self.index.range_search(queries[which], int(value) + 1)
             for j, i in enumerate(which):
-                found[i] = (rows[lims[j]:lims[j + 1]].astype(np.int64), dist[lims[j]:lims[j + 1]].astype(np.int32))
+                found[i] = (self._rows(rows[lims[j]:lims[j + 1]]), dist[lims[j]:lims[j + 1]].astype(np.int32))
         return found
+
+
+@lru_cache(maxsize=1)
+def faiss_ranks_ties_by_position() -> bool:
+    """Whether this FAISS's ``IndexBinaryFlat.search`` returns, among equal distances, the lowest
+    positions first (its heaps break ties by id since FAISS 1.7.3). Checked on codes with heavy
+    ties, one query and a batch, small and large k; False sends ``knn`` the slow, safe way."""
+    faiss = _faiss()
+    rng = np.random.default_rng(0)
+    db = rng.integers(0, 8, (5000, 1), dtype=np.uint8)  # 3 of 8 bits vary: thousands of ties
+    queries = rng.integers(0, 8, (40, 1), dtype=np.uint8)
+    index = faiss.IndexBinaryFlat(8)
+    index.add(db)
+    for k in (1, 7, 300):
+        for nq in (1, len(queries)):
+            _, positions = index.search(queries[:nq], k)
+            for q, got in zip(queries[:nq], positions):
+                dist = np.bitwise_count(db[:, 0] ^ q[0])
+                if not np.array_equal(got, np.lexsort((np.arange(len(db)), dist))[:k]):
+                    return False
+    return True
 
 
 def select_knn(found: Candidates, k: int, tie_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -38,8 +38,6 @@ from .searchers import create_searcher, select_knn, sort_found
 FORMAT = "schn-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-# Below this many items a flat scan beats building hash tables.
-MIH_MIN_ITEMS = 100_000
 
 
 def _sha256(path: Path) -> str:
@@ -81,8 +79,8 @@ class HammingIndex(CodeIndex):
     """Packed binary codes with unique ids and optional labels and paths; exact k-NN and radius search.
 
     ``info`` carries what the codes came from (method, run, model checksum, ...) into the manifest.
-    ``searcher``: ``auto`` (multi-index hashing from ``MIH_MIN_ITEMS`` items, else the FAISS flat
-    scan), or a registered name (``numpy``, ``faiss``, ``mih``).
+    ``searcher``: a registered name: ``auto`` (multi-index hashing where it pays, else the FAISS
+    flat scan), ``mih``, ``faiss`` or ``numpy``.
     """
 
     def __init__(self, bits: int, *, id_kind: str | None = None, class_names=None, info: dict | None = None,
@@ -170,35 +168,15 @@ class HammingIndex(CodeIndex):
         self._order = self._lookup = None
         self._searchers = {}
 
+    def _next_int_id(self) -> int:
+        return int(self._ids.max()) + 1 if len(self) else 0
+
     def _check_batch(self, codes, ids, labels, paths):
-        codes = codes_mod.check_packed(codes, self.bits)
-        n = len(codes)
-        if ids is None:
-            if self.id_kind == "str":
-                raise SchnError("this index holds string ids; pass one id per code")
-            start = int(self._ids.max()) + 1 if len(self) else 0
-            stored = np.arange(start, start + n, dtype=np.int64)
-        else:
-            ids = [ids] if isinstance(ids, (str, bytes)) or np.isscalar(ids) else ids
-            stored = ids_mod.to_stored(ids, self.id_kind or ids_mod.id_kind_of(list(ids)))
-        if len(stored) != n:
-            raise SchnError(f"{n} codes but {len(stored)} ids; pass one id per code")
-        dup = ids_mod.first_duplicate(stored)
-        if dup is not None:
-            raise SchnError(f"id {ids_mod.to_user(np.array([dup]))[0].item()!r} occurs twice in the batch; ids must be unique")
+        codes, stored, labels, paths = self._checked_batch(codes, ids, labels, paths)
         if labels is not None:
-            labels = np.asarray(labels)
-            classes = len(self.class_names) if self.class_names is not None else labels.shape[-1]
-            if labels.ndim != 2 or labels.shape != (n, classes):
-                raise SchnError(f"labels must be a ({n}, {classes}) 0/1 array, got shape {labels.shape}")
-            if self.class_names is None:
-                self.class_names = [str(i) for i in range(classes)]
-            labels = np.packbits(labels > 0, axis=1)
+            labels = np.packbits(labels, axis=1)
         if paths is not None:
-            paths = list(paths)
-            if len(paths) != n:
-                raise SchnError(f"{n} codes but {len(paths)} paths; pass one path per code")
-            paths = np.array([str(p).encode("utf-8") for p in paths] or [b""], dtype=bytes)[:n]
+            paths = np.array([p.encode("utf-8") for p in paths] or [b""], dtype=bytes)[:len(codes)]
         return codes, stored, labels, paths
 
     def _column(self, have, new, width_n: int, empty_row):
@@ -276,10 +254,8 @@ class HammingIndex(CodeIndex):
     # ---- search ---------------------------------------------------------------------------
     def searcher(self, name: str | None = None):
         name = name or self.searcher_name
-        if name == "auto":
-            name = "mih" if len(self) >= MIH_MIN_ITEMS else "faiss"
         if name not in self._searchers:
-            self._searchers[name] = create_searcher(name, self._codes, self.bits)
+            self._searchers[name] = create_searcher(name, self._codes, self.bits, tie_order=self._id_lookup().order)
         return self._searchers[name]
 
     def _queries(self, queries) -> np.ndarray:
