@@ -10,17 +10,12 @@ from PIL import Image
 
 from schn.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = str(ROOT / "configs" / "digits.yaml")
-FAST = ["--set", "train.iterations=2", "--set", "train.bits=16", "--set", "train.epochs_per_iteration=1"]
+from conftest import DIGITS, FAST
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    code = main(["train", "--config", DIGITS, *FAST, "--set", f"run.out_dir={out}", "--set", "run.name=r1", "--quiet"])
-    assert code == 0
-    return out / "r1"
+def run_dir(digits_run):
+    return digits_run  # conftest.py: one tiny trained run for the session
 
 
 def test_train_writes_the_run_folder(run_dir):

@@ -1,7 +1,6 @@
 """``schn index build|add|delete|info`` and ``schn search`` on a tiny digits run."""
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,16 +9,10 @@ from PIL import Image
 from schn.cli import main
 from schn.index import HammingIndex
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = str(ROOT / "configs" / "digits.yaml")
-FAST = ["--set", "train.iterations=2", "--set", "train.bits=16", "--set", "train.epochs_per_iteration=1"]
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    assert main(["train", "--config", DIGITS, *FAST, "--set", f"run.out_dir={out}", "--set", "run.name=r1", "--quiet"]) == 0
-    return out / "r1"
+def run_dir(digits_run):
+    return digits_run  # conftest.py: one tiny trained run for the session
 
 
 @pytest.fixture(scope="module")

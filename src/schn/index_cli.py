@@ -110,6 +110,14 @@ def add_index_commands(sub) -> None:
         p.add_argument("index", help="index folder, Milvus Lite file (*.db) or Milvus URI")
         p.add_argument("--collection", default=None, help="Milvus collection (default schn_codes)")
 
+    def encoding(p, run: bool = True, quiet: bool = True):
+        """Options of commands that may run the model."""
+        if run:
+            p.add_argument("--run", default=None, help="the run that built the index, if it moved")
+        p.add_argument("--device", default=None)
+        if quiet:
+            p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     index = sub.add_parser("index", help="build, extend and inspect a Hamming index").add_subparsers(
         dest="index_command", required=True)
     p = index.add_parser("build", help="index a run's database codes (default) or image files")
@@ -118,17 +126,14 @@ def add_index_commands(sub) -> None:
     p.add_argument("--images", nargs="+", default=None, help="image files or folders, encoded by the run's network")
     p.add_argument("--collection", default=None)
     p.add_argument("--overwrite", action="store_true", help="replace an index already there")
-    p.add_argument("--device", default=None)
-    p.add_argument("--quiet", action="store_true")
+    encoding(p, run=False)
     p.set_defaults(func=cmd_index_build)
 
     p = index.add_parser("add", help="encode image files or folders and add them (ids: the paths as given)")
     location(p)
     p.add_argument("paths", nargs="+")
     p.add_argument("--upsert", action="store_true", help="replace items whose id is already there")
-    p.add_argument("--run", default=None, help="the run that built the index, if it moved")
-    p.add_argument("--device", default=None)
-    p.add_argument("--quiet", action="store_true")
+    encoding(p)
     p.set_defaults(func=cmd_index_add)
 
     p = index.add_parser("delete", help="remove items by id")
@@ -150,7 +155,6 @@ def add_index_commands(sub) -> None:
     p.add_argument("--radius", type=int, default=None, help="every item within this Hamming distance instead")
     # one query from a fresh process: a flat scan beats building multi-index hashing's tables
     p.add_argument("--searcher", default="faiss", help="faiss (default), mih, numpy or auto (local indexes)")
-    p.add_argument("--run", default=None, help="the run that built the index, if it moved")
-    p.add_argument("--device", default=None)
+    encoding(p, quiet=False)
     p.add_argument("--json", action="store_true", help="results as JSON")
     p.set_defaults(func=cmd_search)
