@@ -31,7 +31,12 @@ def _item_path(dataset, i: int) -> str:
     if paths is None or source is None:
         return ""
     where = source.describe(paths[i])  # a file under a folder, or "archive.tar:member"
-    return str(Path(where).resolve()) if Path(where).is_file() else where
+    if Path(where).is_file():
+        return str(Path(where).resolve())
+    archive = str(getattr(source, "path", ""))
+    if archive and where.startswith(archive + ":"):  # absolute, so the path means the same from anywhere
+        return str(Path(archive).resolve()) + where[len(archive):]
+    return where
 
 
 def run_database(run_dir) -> tuple[np.ndarray, list[str], np.ndarray, list[str], list[str]]:

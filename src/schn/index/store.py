@@ -375,6 +375,9 @@ class HammingIndex(CodeIndex):
     def describe(self) -> dict:
         """The manifest's facts plus sizes, for ``schn index info``."""
         out = self.manifest()
+        if self.path is not None and (self.path / MANIFEST).is_file():
+            saved = _read_manifest(self.path)
+            out.update({k: saved[k] for k in ("created", "updated", "files") if k in saved})
         out.update(path=str(self.path) if self.path else None, version=self._version,
                    code_bytes=int(self._codes.nbytes), id_bytes=int(self._ids.nbytes),
                    has_labels=self._labels is not None, has_paths=self._paths is not None)
