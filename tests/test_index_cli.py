@@ -40,6 +40,9 @@ def test_build_the_run_database_and_search_it(run_dir, tmp_path, capsys):
     assert all(r["label"] for r in results)  # digits labels, e.g. "3"
     distances = [r["distance"] for r in results]
     assert distances == sorted(distances)
+    assert main(["search", str(idx), "--id", first, "--radius", "3", "--json"]) == 0
+    within = json.loads(capsys.readouterr().out)["results"]
+    assert first not in [r["id"] for r in within] and all(r["distance"] <= 3 for r in within)
     assert main(["index", "info", str(idx)]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == len(index)
     assert main(["index", "build", str(run_dir), "-o", str(idx), "--quiet"]) == 2  # exists

@@ -79,7 +79,8 @@ def cmd_search(args) -> int:
         queries = index.codes_of([query])
     if args.radius is not None:
         found = index.radius_search(queries, args.radius)[0]
-        ids, dists = found.ids.tolist(), found.distances.tolist()
+        keep = found.ids != query if args.id is not None else slice(None)  # like -k: not the item itself
+        ids, dists = found.ids[keep].tolist(), found.distances[keep].tolist()
     elif args.id is not None:
         found = index.search_ids([query], args.k)
         ids, dists = found.ids[0].tolist(), found.distances[0].tolist()
@@ -152,7 +153,7 @@ def add_index_commands(sub) -> None:
     p.add_argument("--image", default=None, help="query image, encoded by the index's run")
     p.add_argument("--id", default=None, help="query by a stored item's id (the item itself is left out)")
     p.add_argument("-k", type=int, default=10, help="number of neighbours (default 10)")
-    p.add_argument("--radius", type=int, default=None, help="every item within this Hamming distance instead")
+    p.add_argument("--radius", type=int, default=None, help="every item within this Hamming distance (inclusive) instead")
     # one query from a fresh process: a flat scan beats building multi-index hashing's tables
     p.add_argument("--searcher", default="faiss", help="faiss (default), mih, numpy or auto (local indexes)")
     encoding(p, quiet=False)
