@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .backbones import ModelConfig
-from .fileio import atomic_path, write_json
+from .fileio import atomic_path, sha256_file, write_json
 
 FORMAT_VERSION = 1
 # float16 halves the disk/memory of e.g. 59,000 x 4096 AlexNet features (480 MB instead of 960)
@@ -31,11 +31,7 @@ def weights_identity(weights: str) -> str:
         return "none-seed0"  # random init is made deterministic below
     if weights == "imagenet":
         return "imagenet"
-    digest = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
+    return "sha256:" + sha256_file(weights)
 
 
 def cache_key(fingerprint: str, cfg: ModelConfig) -> dict:

@@ -5,12 +5,12 @@ an index by the very model that made its codes (a retrained run is refused: rebu
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SchnError
+from ..fileio import sha256_file
 from .base import CodeIndex, create_index_backend, is_milvus_location
 
 
@@ -18,11 +18,7 @@ def model_checksum(run_dir) -> str:
     ckpt = Path(run_dir) / "checkpoint.pt"
     if not ckpt.is_file():
         raise SchnError(f"{run_dir} has no checkpoint.pt; pass a finished run folder written by `schn train`")
-    h = hashlib.sha256()
-    with open(ckpt, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + sha256_file(ckpt)
 
 
 def _item_path(dataset, i: int) -> str:

@@ -17,7 +17,6 @@ sizes always and SHA-256 checksums by default, and memory-maps the arrays.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import secrets
@@ -30,7 +29,7 @@ import numpy as np
 
 from .. import codes as codes_mod
 from ..errors import SchnError
-from ..fileio import write_json
+from ..fileio import sha256_file, write_json
 from . import ids as ids_mod
 from .base import INDEX_BACKENDS, CodeIndex, Neighbors
 from .searchers import create_searcher, select_knn, sort_found
@@ -40,20 +39,12 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _save_array(path: Path, array: np.ndarray) -> dict:
     with open(path, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -352,7 +343,7 @@ class HammingIndex(CodeIndex):
             if file.stat().st_size != meta["bytes"]:
                 raise SchnError(f"index {folder} is damaged: {name} has {file.stat().st_size} bytes, the manifest says "
                                 f"{meta['bytes']} (truncated?); rebuild the index")
-            if verify and _sha256(file) != meta["sha256"]:
+            if verify and sha256_file(file) != meta["sha256"]:
                 raise SchnError(f"index {folder} is damaged: the checksum of {name} differs from the manifest; "
                                 "rebuild the index")
             try:
