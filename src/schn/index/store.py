@@ -170,14 +170,14 @@ class HammingIndex(CodeIndex):
             paths = np.array([p.encode("utf-8") for p in paths] or [b""], dtype=bytes)[:len(codes)]
         return codes, stored, labels, paths
 
-    def _column(self, have, new, width_n: int, empty_row):
+    def _column(self, have, new, new_rows: int, empty_row):
         """Append ``new`` to the optional column ``have`` (filling blanks for items without it)."""
         if have is None and new is None:
             return None
         if have is None:
             have = np.repeat(empty_row(new), len(self), axis=0)
         if new is None:
-            new = np.repeat(empty_row(have), width_n, axis=0)
+            new = np.repeat(empty_row(have), new_rows, axis=0)
         if have.dtype.kind == "S":
             return ids_mod.concat(have, new)
         return np.concatenate([have, new])
