@@ -127,8 +127,9 @@ class _Table:
 
 @SEARCHERS.register("mih")
 class MultiIndexHashing(Searcher):
+    """Exact k-NN and radius search by multi-index hashing (see the module docstring)."""
+
     name = "mih"
-    build_block_rows = 1 << 21
 
     def __init__(self, packed: np.ndarray, bits: int, tie_order: np.ndarray | None = None,
                  substrings: int | None = None):
@@ -168,7 +169,6 @@ class MultiIndexHashing(Searcher):
                             rows, words = table.probe(keys)
                             work += len(keys) + len(rows)
                             if budget is not None and work > budget:
-                                self.last_work = work
                                 return None
                             if len(rows):
                                 new = ~self._seen[rows]
@@ -178,7 +178,6 @@ class MultiIndexHashing(Searcher):
                                 found_rows.append(rows)
                                 found_dist.append(dist)
                                 histogram += np.bincount(dist, minlength=self.bits + 1)
-                        self.last_work = work
                         bound = self.m * radius + j + 1  # every unseen row is at least this far
                         if k is not None:
                             reached = np.cumsum(histogram[:bound])
