@@ -11,8 +11,10 @@ from typing import Callable
 
 import numpy as np
 
+from .. import codes as codes_mod
 from ..errors import SchnError
 from ..registry import Registry
+from . import ids as ids_mod
 
 INDEX_BACKENDS: Registry[Callable[..., "CodeIndex"]] = Registry("index backend")
 MILVUS_PREFIXES = ("http://", "https://", "tcp://", "unix:")
@@ -83,9 +85,6 @@ class CodeIndex:
     def _checked_batch(self, codes, ids, labels, paths):
         """A batch to add, checked the same way by every backend: packed codes, stored ids (int64 or
         UTF-8 ``S``; automatic integers when ``ids`` is None), 0/1 labels or None, paths or None."""
-        from .. import codes as codes_mod
-        from . import ids as ids_mod
-
         codes = codes_mod.check_packed(codes, self.bits)
         n = len(codes)
         if ids is None:
@@ -94,8 +93,7 @@ class CodeIndex:
             start = self._next_int_id()
             stored = np.arange(start, start + n, dtype=np.int64)
         else:
-            ids = [ids] if isinstance(ids, (str, bytes)) or np.isscalar(ids) else ids
-            stored = ids_mod.to_stored(ids, self.id_kind or ids_mod.id_kind_of(list(ids)))
+            stored = ids_mod.as_stored(ids, self.id_kind)
         if len(stored) != n:
             raise SchnError(f"{n} codes but {len(stored)} ids; pass one id per code")
         dup = ids_mod.first_duplicate(stored)
@@ -118,7 +116,7 @@ class CodeIndex:
 
     def search_ids(self, ids, k: int, include_self: bool = False) -> Neighbors:
         """Neighbours of stored items, by id; the item itself is left out unless ``include_self``."""
-        ids = [ids] if isinstance(ids, (str, bytes)) or np.isscalar(ids) else list(ids)
+        ids = ids_mod.id_list(ids)
         if int(k) < 1:
             raise SchnError(f"k must be at least 1, got {k}")
         found = self.search(self.codes_of(ids), min(int(k) + (0 if include_self else 1), len(self)))

@@ -47,6 +47,19 @@ def to_stored(values, kind: str) -> np.ndarray:
     return np.array(encoded, dtype=f"S{max(len(v) for v in encoded)}")
 
 
+def id_list(ids):
+    """One id, or a sequence of ids (a list or an array), as a sequence."""
+    if isinstance(ids, (str, bytes)) or np.isscalar(ids):
+        return [ids]
+    return ids if isinstance(ids, np.ndarray) else list(ids)
+
+
+def as_stored(ids, kind: str | None) -> np.ndarray:
+    """One id or many as stored ids of ``kind`` (None, for an empty index: the ids' own kind)."""
+    ids = id_list(ids)
+    return to_stored(ids, kind or (id_kind_of(ids) if len(ids) else "int"))
+
+
 def to_user(stored: np.ndarray) -> np.ndarray:
     """Stored ids as the user sees them: int64, or ``str`` (numpy unicode)."""
     if stored.dtype.kind == "S":

@@ -204,8 +204,7 @@ class MultiIndexHashing(Searcher):
         return [self._search(q, k, None) for q in queries]
 
     def radius(self, queries, r) -> Candidates:
-        radii = np.broadcast_to(np.asarray(r, dtype=np.int64), (len(queries),))
-        return [self._search(q, None, int(ri)) for q, ri in zip(queries, radii)]
+        return [self._search(q, None, int(r)) for q in queries]
 
 
 @SEARCHERS.register("auto")
@@ -216,10 +215,10 @@ class AutoSearcher(Searcher):
     flat scan ~1 ns per stored row (measured, benchmarks/RESULTS.md). So each query gets multi-index
     hashing with a budget of n/64 keys and rows (about where the two cost the same; divided by
     FAISS's thread count for a batch, which FAISS scans in parallel); past it, the query goes to
-    the flat scan, so a query costs at most about two scans. Learned (clustered)
-    codes stay far inside the budget; uniform random codes exceed it, and while most recent queries
-    do, only one call in ``retry_every`` tries multi-index hashing first. Below ``min_items`` rows
-    there are no tables: the scan wins.
+    the flat scan, so a query costs at most about two scans. Learned (clustered) codes stay far
+    inside the budget; uniform random codes exceed it, and while most recent queries do, only one
+    call in ``retry_every`` tries multi-index hashing first. Below ``min_items`` rows there are no
+    tables: the scan wins.
     """
 
     name = "auto"
@@ -263,9 +262,6 @@ class AutoSearcher(Searcher):
                            lambda qs: self.flat.knn(qs, k))
 
     def radius(self, queries, r) -> Candidates:
-        radii = np.broadcast_to(np.asarray(r, dtype=np.int64), (len(queries),))
-        if radii.min() != radii.max():
-            return [self.radius(q[None], int(ri))[0] for q, ri in zip(queries, radii)]
-        r = int(radii[0]) if len(radii) else 0
+        r = int(r)
         return self._route(queries, lambda q, budget: self.mih._search(q, None, r, budget),
                            lambda qs: self.flat.radius(qs, r))

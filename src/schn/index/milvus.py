@@ -187,8 +187,7 @@ class MilvusIndex(CodeIndex):
 
     def _ids(self, ids) -> list:
         """User ids as Python ints or strs, checked like the local index."""
-        ids = [ids] if isinstance(ids, (str, bytes)) or np.isscalar(ids) else list(ids)
-        return ids_mod.to_user(ids_mod.to_stored(ids, self.id_kind or ids_mod.id_kind_of(ids))).tolist() if ids else []
+        return ids_mod.to_user(ids_mod.as_stored(ids, self.id_kind)).tolist()
 
     def _storable(self, item_id) -> bool:
         """Milvus' limits on string ids: expressions cannot hold line breaks, and Milvus Lite cannot

@@ -154,14 +154,15 @@ class FaissSearcher(Searcher):
             found.append((rows[i, :last], dist[i, :last].astype(np.int32)))
         if kk > k:
             tied = np.flatnonzero(dist[:, kk - 1] == dist[:, k - 1])
-            for i, (rows_i, dist_i) in zip(tied, self.radius(queries[tied], dist[tied, k - 1])):
+            for i, (rows_i, dist_i) in zip(tied, self._range(queries[tied], dist[tied, k - 1])):
                 found[i] = (rows_i, dist_i)
         return found
 
     def radius(self, queries, r):
-        """``r`` is one radius or one per query; FAISS's range search is strict (``< r + 1``)."""
-        queries = np.ascontiguousarray(queries)
-        radii = np.broadcast_to(np.asarray(r, dtype=np.int64), (len(queries),))
+        return self._range(np.ascontiguousarray(queries), np.full(len(queries), int(r)))
+
+    def _range(self, queries, radii) -> Candidates:
+        """Rows within ``radii[i]`` of query i; FAISS's range search is strict (``< r + 1``)."""
         found: Candidates = [None] * len(queries)  # type: ignore[list-item]
         for value in np.unique(radii):
             which = np.flatnonzero(radii == value)

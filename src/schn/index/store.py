@@ -107,18 +107,13 @@ class HammingIndex(CodeIndex):
     def ids(self) -> np.ndarray:
         return ids_mod.to_user(self._ids)
 
-    def _ids_of(self, ids) -> np.ndarray:
-        if np.isscalar(ids) or isinstance(ids, (str, bytes)):
-            ids = [ids]
-        return ids_mod.to_stored(ids, self.id_kind or ids_mod.id_kind_of(list(ids)))
-
     def _id_lookup(self) -> ids_mod.IdLookup:
         if self._lookup is None:
             self._lookup = ids_mod.IdLookup(self._ids, self._order)
         return self._lookup
 
     def rows_of(self, ids, missing: str = "error") -> np.ndarray:
-        wanted = self._ids_of(ids)
+        wanted = ids_mod.as_stored(ids, self.id_kind)
         rows = self._id_lookup().rows(wanted) if len(self) else np.full(len(wanted), -1, np.int64)
         if missing == "error" and (rows < 0).any():
             absent = ids_mod.to_user(wanted[rows < 0])
