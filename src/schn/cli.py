@@ -91,7 +91,7 @@ def _demo_search(run_dir: Path) -> None:
     import numpy as np
 
     from .index.build import build_index
-    from .index_cli import print_neighbors
+    from .index_cli import print_neighbors, result_rows
 
     index = build_index(run_dir, run_dir / "index", progress=False)
     with np.load(run_dir / "codes.npz") as saved:
@@ -100,8 +100,8 @@ def _demo_search(run_dir: Path) -> None:
     found = index.search(code, 5)
     ids = found.ids[0].tolist()
     print(f"\nindex: {run_dir / 'index'} ({len(index)} items, {index.bits}-bit codes)")
-    print_neighbors(index, f"the 5 nearest to the first query image (label {query_label}):", ids,
-                    found.distances[0].tolist())
+    print_neighbors(f"the 5 nearest to the first query image (label {query_label}):",
+                    result_rows(index, ids, found.distances[0].tolist()))
     print(f"search it yourself: .venv/bin/schn search {run_dir / 'index'} --id {ids[0]} -k 5")
 
 

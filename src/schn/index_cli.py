@@ -72,33 +72,31 @@ def cmd_search(args) -> int:
     if args.image is not None:
         from .index.build import encode_for_index
 
-        queries = encode_for_index(index, [args.image], run_dir=args.run, device=args.device)[0]
-        query = args.image
+        query, codes = args.image, encode_for_index(index, [args.image], run_dir=args.run, device=args.device)[0]
     else:
-        query = _user_ids(index, [args.id])[0]
-        queries = index.codes_of([query])
+        query, codes = _user_ids(index, [args.id])[0], None  # searched by id: the item itself is left out
     if args.radius is not None:
-        found = index.radius_search(queries, args.radius)[0]
-        keep = found.ids != query if args.id is not None else slice(None)  # like -k: not the item itself
+        found = index.radius_search(index.codes_of([query]) if codes is None else codes, args.radius)[0]
+        keep = found.ids != query if codes is None else slice(None)
         ids, dists = found.ids[keep].tolist(), found.distances[keep].tolist()
-    elif args.id is not None:
-        found = index.search_ids([query], args.k)
-        ids, dists = found.ids[0].tolist(), found.distances[0].tolist()
     else:
-        found = index.search(queries, args.k)
+        found = index.search_ids([query], args.k) if codes is None else index.search(codes, args.k)
         ids, dists = found.ids[0].tolist(), found.distances[0].tolist()
+    rows = result_rows(index, ids, dists)
     if args.json:
-        rows = [{"rank": r + 1, "distance": d, **item} for r, (d, item) in enumerate(zip(dists, index.items(ids)))]
         print(json.dumps({"query": str(query), "results": rows}, indent=2))
     else:
-        print_neighbors(index, f"query {query}: {len(ids)} results from {len(index)} items ({index.bits}-bit codes)",
-                        ids, dists)
+        print_neighbors(f"query {query}: {len(ids)} results from {len(index)} items ({index.bits}-bit codes)", rows)
     return 0
 
 
-def print_neighbors(index, title: str, ids, dists) -> None:
-    """A title, then rank, id, distance, label and path of each result."""
-    rows = [{"rank": r + 1, "distance": d, **item} for r, (d, item) in enumerate(zip(dists, index.items(ids)))]
+def result_rows(index, ids, dists) -> list[dict]:
+    """rank, distance, id, label and path of each result."""
+    return [{"rank": r + 1, "distance": d, **item} for r, (d, item) in enumerate(zip(dists, index.items(ids)))]
+
+
+def print_neighbors(title: str, rows: list[dict]) -> None:
+    """A title, then one aligned line per result row."""
     print(title)
     width = max([len(str(r["id"])) for r in rows] + [2])
     print(f"{'rank':>4}  {'id':<{width}}  {'dist':>4}  {'label':<12}  path")

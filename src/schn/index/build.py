@@ -35,19 +35,18 @@ def _item_path(dataset, i: int) -> str:
     return where
 
 
-def run_database(run_dir) -> tuple[np.ndarray, list[str], np.ndarray, list[str], list[str]]:
-    """The run's database as indexed by default: packed codes (as evaluated: the learned codes for
-    asymmetric methods), data set ids, labels, image paths, class names."""
-    from ..config import load_config
+def run_database(run) -> tuple[np.ndarray, list[str], np.ndarray, list[str], list[str]]:
+    """The database of an opened run as indexed by default: packed codes (as evaluated: the learned
+    codes for asymmetric methods), data set ids, labels, image paths, class names."""
     from ..data import create_dataset
 
-    run_dir = Path(run_dir)
+    run_dir = run.path
     saved = run_dir / "codes.npz"
     if not saved.is_file():
         raise SchnError(f"{run_dir} has no codes.npz; train or evaluate the run first (`schn evaluate {run_dir}`)")
     with np.load(saved) as npz:
         packed, rows = npz["database_codes"], npz["database_indices"]
-    dataset = create_dataset(load_config(run_dir / "config.yaml").data)
+    dataset = create_dataset(run.cfg.data)
     if len(dataset) <= int(rows.max(initial=0)):
         raise SchnError(f"the data set of {run_dir} changed since training ({len(dataset)} items); "
                         "index images with --images instead")
@@ -68,10 +67,11 @@ def build_index(run_dir, location, images=None, collection: str | None = None, o
         from ..encode import collect_images, encode_files
 
         files = collect_images(images)
-        packed, ids, labels, paths, names = encode_files(run, files, progress=progress), [str(p) for p in files], \
-            None, [str(p.resolve()) for p in files], None
+        packed = encode_files(run, files, progress=progress)
+        ids, paths = [str(p) for p in files], [str(p.resolve()) for p in files]
+        labels = names = None
     else:
-        packed, ids, labels, paths, names = run_database(run_dir)
+        packed, ids, labels, paths, names = run_database(run)
     backend = "milvus" if is_milvus_location(location) else "local"
     options = {"collection": collection} if backend == "milvus" else {}
     index = create_index_backend(backend, str(location), bits=bits, id_kind="str", class_names=names, info=info,
@@ -87,9 +87,9 @@ def encode_for_index(index: CodeIndex, images, run_dir=None, device: str | None 
     from ..encode import collect_images, encode_files
     from ..runs import open_run
 
-    run_dir = Path(run_dir or index.info.get("run") or "")
-    if not index.info.get("run") and run_dir == Path(""):
+    if not (run_dir or index.info.get("run")):
         raise SchnError("this index records no run; pass --run RUN to encode images")
+    run_dir = Path(run_dir or index.info["run"])
     if not (run_dir / "checkpoint.pt").is_file():
         raise SchnError(f"the index's run {run_dir} is gone; pass --run with the run folder that built the index")
     want = index.info.get("model_checksum")
