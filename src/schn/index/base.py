@@ -31,6 +31,12 @@ class Neighbors:
     rows: np.ndarray | None = None
 
 
+def label_text(classes, class_names) -> str:
+    """Class indices as the names a user reads, joined by commas (the index where a name is missing)."""
+    names = class_names or []
+    return ",".join(names[i] if i < len(names) else str(i) for i in map(int, classes))
+
+
 class CodeIndex:
     """Packed binary codes with unique ids (all int or all str) and optional labels and paths.
 

@@ -30,7 +30,7 @@ import numpy as np
 from .. import codes as codes_mod
 from ..errors import SchnError
 from . import ids as ids_mod
-from .base import INDEX_BACKENDS, MILVUS_PREFIXES, CodeIndex, Neighbors
+from .base import INDEX_BACKENDS, MILVUS_PREFIXES, CodeIndex, Neighbors, label_text
 
 FORMAT = "schn-milvus"
 FORMAT_VERSION = 1
@@ -203,13 +203,9 @@ class MilvusIndex(CodeIndex):
         width = codes_mod.packed_width(self.bits)
         return np.array([np.frombuffer(r["code"][0], dtype=np.uint8) for r in rows], dtype=np.uint8).reshape(-1, width)
 
-    def _label_text(self, label: str) -> str:
-        names = self.class_names or []
-        return ",".join(names[int(i)] if int(i) < len(names) else i for i in label.split(",") if i)
-
     def items(self, ids) -> list[dict]:
         rows = self._present(self._ids(ids), ("label", "path"))
-        return [{"id": r["id"], "label": self._label_text(r["label"]), "path": r["path"]} for r in rows]
+        return [{"id": r["id"], "label": label_text([i for i in r["label"].split(",") if i], self.class_names), "path": r["path"]} for r in rows]
 
     # ---- mutations ----------------------------------------------------------------------
     def _next_int_id(self) -> int:

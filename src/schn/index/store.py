@@ -31,7 +31,7 @@ from .. import codes as codes_mod
 from ..errors import SchnError
 from ..fileio import sha256_file, write_json
 from . import ids as ids_mod
-from .base import INDEX_BACKENDS, CodeIndex, Neighbors
+from .base import INDEX_BACKENDS, CodeIndex, Neighbors, label_text
 from .searchers import create_searcher, select_knn, sort_found
 
 FORMAT = "schn-index"
@@ -133,9 +133,7 @@ class HammingIndex(CodeIndex):
         labels = self.labels([row])
         if labels is None:
             return ""
-        hot = np.flatnonzero(labels[0])
-        names = self.class_names or []
-        return ",".join(names[i] if i < len(names) else str(i) for i in hot)
+        return label_text(np.flatnonzero(labels[0]), self.class_names)
 
     def source_path(self, row: int) -> str:
         return "" if self._paths is None else self._paths[row].decode("utf-8")
@@ -310,10 +308,9 @@ class HammingIndex(CodeIndex):
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            manifest = self.manifest()
+            manifest, now = self.manifest(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             manifest.update(version=version, data=name, files=files,
-                            created=(on_disk or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
-                            updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                            created=(on_disk or {}).get("created", now), updated=now)
             write_json(folder / MANIFEST, manifest)
             _fsync_dir(folder)
             for old in folder.iterdir():  # earlier versions and leftovers of crashed saves
