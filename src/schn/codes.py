@@ -65,9 +65,10 @@ def hamming_packed(query: np.ndarray, database: np.ndarray) -> np.ndarray:
     d = np.asarray(database, dtype=np.uint8)
     if q.shape[1] != d.shape[1]:
         raise SchnError(f"code widths differ: queries {q.shape[1]} bytes, database {d.shape[1]} bytes")
+    q_words, d_words = to_words(q), to_words(d)
     out = np.empty((q.shape[0], d.shape[0]), dtype=np.int32)
-    for i in range(q.shape[0]):  # one row at a time bounds memory at nd x bytes
-        out[i] = np.bitwise_count(np.bitwise_xor(d, q[i])).sum(axis=1, dtype=np.int32)
+    for i in range(q.shape[0]):  # one row at a time bounds memory at nd x words
+        out[i] = word_distances(q_words[i], d_words)
     return out
 
 
