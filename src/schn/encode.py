@@ -40,36 +40,52 @@ def collect_images(paths) -> list[Path]:
     return found
 
 
-class ImageFiles(Dataset):
-    """Items ``(tensor, empty label, position)`` from image paths, like the data set views."""
+class ImageItems(Dataset):
+    """Items ``(tensor, empty label, position)`` from image paths or decoded PIL images, like the
+    data set views."""
 
-    def __init__(self, paths: list[Path], transform, channels: int):
-        self.paths, self.transform, self.mode = paths, transform, "L" if channels == 1 else "RGB"
+    def __init__(self, items: list, transform, channels: int):
+        self.items, self.transform, self.mode = items, transform, "L" if channels == 1 else "RGB"
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
     def __getitem__(self, i: int):
+        item = self.items[i]
+        if isinstance(item, Image.Image):
+            return self.transform(item.convert(self.mode)), torch.zeros(0), i
         try:
-            with Image.open(self.paths[i]) as img:
+            with Image.open(item) as img:
                 img = img.convert(self.mode)
         except (UnidentifiedImageError, OSError) as exc:
-            raise SchnError(f"cannot read image {self.paths[i]}: {exc.__class__.__name__}; remove or replace the file") from None
+            raise SchnError(f"cannot read image {item}: {exc.__class__.__name__}; remove or replace the file") from None
         return self.transform(img), torch.zeros(0), i
+
+
+class ImageEncoder:
+    """A loaded run's image network with its preprocessing (and frozen backbone), built once and
+    used for many batches: ``sign(U_I(x))`` as packed codes. Safe to call from several threads."""
+
+    def __init__(self, run):
+        spec = run.checkpoint["input_spec"]
+        self.run, self.channels, self.bits = run, spec["channels"], int(run.checkpoint["bits"])
+        self.transform = build_transform(spec["preprocess"], False, spec["input_size"], spec["mean"], spec["std"],
+                                         spec["channels"])
+        self.backbone = None
+        if run.cfg.model.frozen:
+            # trained on cached features: the same frozen backbone turns images into features
+            self.backbone = backbone_for(run.cfg.model, spec["channels"], spec["input_size"]).to(run.device).eval()
+
+    def encode(self, items: list, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """Packed codes of image files and/or PIL images, in order."""
+        signed = encode_view(self.run.method, ImageItems(items, self.transform, self.channels), self.run.device,
+                             batch_size, progress=progress, desc="encode", backbone=self.backbone)
+        return codes_mod.pack(signed)
 
 
 def encode_files(run, files: list[Path], batch_size: int = 256, progress: bool = True) -> np.ndarray:
     """``sign(U_I(x))`` of image files by a loaded run's network, as packed codes."""
-    spec = run.checkpoint["input_spec"]
-    transform = build_transform(spec["preprocess"], False, spec["input_size"], spec["mean"], spec["std"],
-                                spec["channels"])
-    backbone = None
-    if run.cfg.model.frozen:
-        # trained on cached features: the same frozen backbone turns images into features
-        backbone = backbone_for(run.cfg.model, spec["channels"], spec["input_size"]).to(run.device).eval()
-    signed = encode_view(run.method, ImageFiles(files, transform, spec["channels"]), run.device, batch_size,
-                         progress=progress, desc="encode", backbone=backbone)
-    return codes_mod.pack(signed)
+    return ImageEncoder(run).encode(files, batch_size, progress)
 
 
 def encode_images(run_dir, paths, out_path, device: str | None = None, batch_size: int = 256,

@@ -41,6 +41,15 @@ def write_json(path: str | Path, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Make a folder's entries (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file, read in 4 MiB blocks."""
     digest = hashlib.sha256()

@@ -31,7 +31,8 @@ def cmd_index_build(args) -> int:
     from .index.build import build_index
 
     index = build_index(args.run, args.output, images=args.images, collection=args.collection,
-                        overwrite=args.overwrite, device=args.device, progress=not args.quiet)
+                        overwrite=args.overwrite, device=args.device, progress=not args.quiet,
+                        store_images=args.store_images)
     print(f"index {args.output}: {len(index)} items, {index.bits}-bit codes, method {index.info.get('method')}")
     return 0
 
@@ -125,6 +126,8 @@ def add_index_commands(sub) -> None:
     p.add_argument("--images", nargs="+", default=None, help="image files or folders, encoded by the run's network")
     p.add_argument("--collection", default=None)
     p.add_argument("--overwrite", action="store_true", help="replace an index already there")
+    p.add_argument("--store-images", action="store_true",
+                   help="copy every item's image into IDX/images/, which `schn serve` shows (local indexes)")
     encoding(p, run=False)
     p.set_defaults(func=cmd_index_build)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import codes as codes_mod
 from ..errors import SchnError
-from ..fileio import sha256_file, write_json
+from ..fileio import fsync_dir, sha256_file, write_json
 from . import ids as ids_mod
 from .base import INDEX_BACKENDS, CodeIndex, Neighbors, label_text
 from .searchers import create_searcher, select_knn, sort_found
@@ -45,14 +45,6 @@ def _save_array(path: Path, array: np.ndarray) -> dict:
         f.flush()
         os.fsync(f.fileno())
     return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager
@@ -137,6 +129,15 @@ class HammingIndex(CodeIndex):
 
     def source_path(self, row: int) -> str:
         return "" if self._paths is None else self._paths[row].decode("utf-8")
+
+    def uses_path(self, path: str) -> bool:
+        """Whether any item's path is ``path``."""
+        return self._paths is not None and bool((self._paths == path.encode("utf-8")).any())
+
+    @property
+    def version(self) -> int:
+        """The saved version this index was opened at or last saved as (0: never saved)."""
+        return self._version
 
     def codes_of(self, ids) -> np.ndarray:
         return np.asarray(self._codes[self.rows_of(ids)])
@@ -303,7 +304,7 @@ class HammingIndex(CodeIndex):
                     files["labels.npy"] = _save_array(tmp / "labels.npy", self._labels)
                 if self._paths is not None:
                     files["paths.npy"] = _save_array(tmp / "paths.npy", self._paths)
-                _fsync_dir(tmp)
+                fsync_dir(tmp)
                 os.rename(tmp, folder / name)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -312,7 +313,7 @@ class HammingIndex(CodeIndex):
             manifest.update(version=version, data=name, files=files,
                             created=(on_disk or {}).get("created", now), updated=now)
             write_json(folder / MANIFEST, manifest)
-            _fsync_dir(folder)
+            fsync_dir(folder)
             for old in folder.iterdir():  # earlier versions and leftovers of crashed saves
                 if old.is_dir() and old.name != name and (old.name.startswith("v") or old.name.startswith(".tmp-v")):
                     shutil.rmtree(old, ignore_errors=True)
