@@ -1,4 +1,8 @@
 """Fixtures shared by test files."""
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,3 +20,26 @@ def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     assert main(["train", "--config", DIGITS, *FAST, "--set", f"run.out_dir={out}", "--set", "run.name=r1", "--quiet"]) == 0
     return out / "r1"
+
+
+@contextmanager
+def serving(app):
+    """An ASGI app served by uvicorn on a free loopback port in a thread; yields its base URL."""
+    import uvicorn
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert thread.is_alive(), "the service stopped while starting"
+            assert time.monotonic() < deadline, "the service did not start within 20 s"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .errors import SchnError, one_line
 from .index_cli import add_index_commands
+from .serve_cli import add_serve_command
 
 DEMO_CONFIG = "digits.yaml"
 
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_benchmark)
 
     add_index_commands(sub)
+    add_serve_command(sub)
 
     p = sub.add_parser("list", help="registered methods, backbones, data sets, split protocols, searchers")
     p.set_defaults(func=cmd_list)

@@ -1,0 +1,158 @@
+"""The state behind ``schn serve``: one local index, the model that made its codes, its image store.
+
+Searches never wait for a mutation. Each request reads ``self.index`` once and works on that
+snapshot; a mutation (one at a time, under a lock) changes a shallow copy of the index (every
+change makes new arrays, so the snapshot being searched is untouched), saves it (fsynced, atomic:
+see ``schn.index.store``), builds its searcher, and only then swaps the reference. An item is
+acknowledged only after that save, so a crash loses nothing that was acknowledged, and a failed
+save leaves the service on the previous, still-saved snapshot.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SchnError
+from ..index import HammingIndex, is_milvus_location
+from ..index import images as images_mod
+
+
+class ItemNotFound(SchnError):
+    """No item with that id (HTTP 404)."""
+
+
+class Conflict(SchnError):
+    """The request clashes with the index's state: an id already there, a change on disk (409)."""
+
+
+class NoEncoder(SchnError):
+    """The service has no model to encode images with (409)."""
+
+
+class SearchService:
+    """``index_path``: a local index folder; ``run_dir``: the run that made its codes, if it moved
+    (image search and adding images need it; searches by id do not)."""
+
+    def __init__(self, index_path, run_dir=None, device: str | None = None, searcher: str = "auto",
+                 verify: bool = True):
+        if is_milvus_location(index_path):
+            raise SchnError(f"schn serve needs a local index folder, not a Milvus location ({index_path}); "
+                            "Milvus is a server of its own")
+        self.folder = Path(index_path)
+        self.index = self._warm(HammingIndex.open(self.folder, verify=verify, searcher=searcher))
+        self._write_lock = threading.Lock()
+        self.encoder, self.encoder_error = None, None
+        try:
+            from ..index.build import index_encoder
+
+            self.encoder = index_encoder(self.index, run_dir, device)
+        except SchnError as exc:  # id searches still work; image requests get this line
+            self.encoder_error = str(exc)
+
+    @staticmethod
+    def _warm(index: HammingIndex) -> HammingIndex:
+        """Build the id lookup and the searcher now, not inside the first (or a concurrent) search."""
+        if len(index):
+            index.searcher()
+        return index
+
+    # ---- reads (any thread, concurrently) ------------------------------------------------
+    def item_id(self, raw, index: HammingIndex | None = None):
+        """A client's id (from a URL or JSON) in the index's kind: integers for an integer index."""
+        index = index or self.index
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+            raise SchnError(f"an id must be a string or an integer, got {type(raw).__name__}")
+        if index.id_kind == "int":
+            try:
+                return int(raw)
+            except ValueError:
+                raise ItemNotFound(f"no item {raw!r}: this index has integer ids") from None
+        return str(raw)
+
+    def row_of(self, index: HammingIndex, item_id) -> int:
+        row = int(index.rows_of([item_id], missing="ignore")[0])
+        if row < 0:
+            raise ItemNotFound(f"no item {item_id!r} in the index")
+        return row
+
+    def image_file(self, index: HammingIndex, row: int) -> Path | None:
+        return images_mod.stored_file(self.folder, index.source_path(row))
+
+    def encode(self, pictures) -> np.ndarray:
+        if self.encoder is None:
+            raise NoEncoder(f"this service cannot encode images: {self.encoder_error}")
+        return self.encoder.encode(list(pictures), batch_size=64)
+
+    # ---- mutations (one at a time) --------------------------------------------------------
+    def add(self, pictures, kinds, data, ids=None, labels=None, replace: bool = False) -> tuple[list, int]:
+        """Encode and add uploaded images (decoded ``pictures``, their formats and bytes), storing
+        the bytes in the index's image store. Returns (the new items' ids, how many were replaced)."""
+        codes = self.encode(pictures)
+        paths = [images_mod.store_bytes(self.folder, raw, kind) for raw, kind in zip(data, kinds)]
+        with self._write_lock:
+            index = copy.copy(self.index)
+            if ids is None:
+                if index.id_kind == "str":  # the content names the item, so a re-upload is a duplicate
+                    ids = [Path(p).stem[:16] for p in paths]
+            else:
+                ids = [self.item_id(i, index) for i in ids]
+            label_rows = None if labels is None else self._label_rows(index, labels)
+            replaced = 0
+            if replace:
+                if ids is None:
+                    raise SchnError("replace=true needs ids: say which items the images replace")
+                old_paths = [index.source_path(r) for r in index.rows_of(ids, missing="ignore") if r >= 0]
+                replaced, _ = index.upsert(codes, ids, labels=label_rows, paths=paths)
+            else:
+                old_paths = []
+                present = [] if ids is None else index.rows_of(ids, missing="ignore")
+                if len(present) and (present >= 0).any():
+                    first = ids[int((present >= 0).argmax())]
+                    raise Conflict(f"item {first!r} is already in the index; pass replace=true to replace it")
+                rows = index.add(codes, ids, labels=label_rows, paths=paths)
+                ids = index.ids[rows].tolist() if ids is None else ids
+            self._commit(index, old_paths)
+        return ids, replaced
+
+    def delete(self, item_id) -> None:
+        with self._write_lock:
+            index = copy.copy(self.index)
+            old_path = index.source_path(self.row_of(index, item_id))
+            index.delete([item_id])
+            self._commit(index, [old_path])
+
+    def _commit(self, index: HammingIndex, dropped_paths) -> None:
+        try:
+            index.save()
+        except SchnError as exc:  # e.g. another process changed the index on disk
+            raise Conflict(str(exc)) from None
+        self.index = self._warm(index)
+        if dropped_paths:
+            images_mod.remove_unreferenced(self.folder, dropped_paths, index.uses_path)
+
+    @staticmethod
+    def _label_rows(index: HammingIndex, labels) -> np.ndarray:
+        names = index.class_names or []
+        rows = np.zeros((len(labels), len(names)), dtype=np.uint8)
+        for i, text in enumerate(labels):
+            for name in filter(None, (part.strip() for part in str(text).split(","))):
+                if name not in names:
+                    raise SchnError(f"unknown label {name!r}; this index's classes are: "
+                                    f"{', '.join(names) if names else '(none)'}")
+                rows[i, names.index(name)] = 1
+        return rows
+
+    def describe(self) -> dict:
+        index = self.index
+        return {"items": len(index), "bits": index.bits, "method": index.info.get("method"),
+                "dataset": index.info.get("dataset"), "searcher": index.searcher_name, "index": str(self.folder),
+                "version": index.version, "id_kind": index.id_kind or "int", "class_names": index.class_names,
+                "can_encode_images": self.encoder is not None}
+
+
+def hex_code(index: HammingIndex, row: int) -> str:
+    return bytes(np.asarray(index.codes[row])).hex()
+

@@ -1,0 +1,247 @@
+"""``schn serve``'s HTTP API on a tiny digits run: every endpoint, and every kind of bad request
+answered by a 4xx JSON error (never a 500)."""
+import io
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from schn.index import HammingIndex
+from schn.index.build import build_index
+from schn.serve import ServeLimits, create_app
+
+KEY = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def built_index(digits_run, tmp_path_factory):
+    """The run's database with its images in the index's store, built once; tests copy it."""
+    folder = tmp_path_factory.mktemp("served") / "idx"
+    build_index(digits_run, folder, store_images=True, progress=False)
+    return folder
+
+
+@pytest.fixture
+def idx(built_index, tmp_path):
+    return shutil.copytree(built_index, tmp_path / "idx")
+
+
+@pytest.fixture
+def client(idx):
+    with TestClient(create_app(idx, api_key=KEY)) as c:
+        yield c
+
+
+def png(array, fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def stored_image(idx, item_id) -> bytes:
+    index = HammingIndex.open(idx)
+    return (idx / index.items([item_id])[0]["path"]).read_bytes()
+
+
+def error(response, status):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "status"} and body["status"] == status and "\n" not in body["error"]
+    return body["error"]
+
+
+def test_health_stats_and_openapi(client):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["items"] > 1000 and health["bits"] == 16
+    client.post("/search", json={"id": "0"})
+    stats = client.get("/stats").json()
+    assert stats["items"] == health["items"] and stats["method"] == "schn" and stats["dataset"] == "digits"
+    assert stats["requests"]["POST /search"]["count"] == 1 and stats["requests"]["POST /search"]["p50_ms"] > 0
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/search", "/items", "/items/{item_id}", "/items/{item_id}/image", "/health", "/stats"} <= set(paths)
+    assert set(paths["/search"]["post"]["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+
+
+def test_search_by_id_matches_the_index(client, idx):
+    index = HammingIndex.open(idx)
+    query = str(index.ids[7])
+    body = client.post("/search?k=5", json={"id": query}).json()
+    want = index.search_ids([query], 5)
+    assert [r["id"] for r in body["results"]] == want.ids[0].tolist()
+    assert [r["distance"] for r in body["results"]] == want.distances[0].tolist()
+    assert body["query"] == {"id": query} and body["count"] == 5 and body["k"] == 5 and query not in [
+        r["id"] for r in body["results"]]
+    first = body["results"][0]
+    assert first["label"] and first["image_url"] == f"/items/{first['id']}/image"
+    image = client.get(first["image_url"])
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert image.content == stored_image(idx, first["id"])
+
+
+def test_search_by_uploaded_image_is_the_networks_code(client, idx):
+    app_service = client.app.state.service
+    data = stored_image(idx, "3")
+    body = client.post("/search?k=4", files={"image": ("anything.bin", data, "application/octet-stream")}).json()
+    code = app_service.encoder.encode([Image.open(io.BytesIO(data))])
+    want = HammingIndex.open(idx).search(code, 4)
+    assert [r["id"] for r in body["results"]] == want.ids[0].tolist()
+    assert body["query"] == {"image": "anything.bin"}
+    # the type is read from the bytes: a JPEG named .png is fine
+    jpeg = png(Image.open(io.BytesIO(data)).convert("L"), fmt="JPEG")
+    assert client.post("/search", files={"image": ("x.png", jpeg, "image/png")}).status_code == 200
+
+
+def test_radius_search_is_complete_and_limited(client, idx):
+    index = HammingIndex.open(idx)
+    query = str(index.ids[0])
+    body = client.post("/search?radius=2", json={"id": query}).json()
+    codes = np.unpackbits(np.asarray(index.codes), axis=1)
+    dist = (codes != codes[0]).sum(1)
+    assert body["count"] == int((dist <= 2).sum()) - 1 and body["radius"] == 2 and body["k"] is None
+    assert all(r["distance"] <= 2 for r in body["results"]) and not body["truncated"]
+    assert [r["distance"] for r in body["results"]] == sorted(r["distance"] for r in body["results"])
+    small = client.post("/search?radius=2&limit=3", json={"id": query}).json()
+    assert small["count"] == 3 and small["truncated"] is True
+
+
+def test_add_get_and_delete_items_persist_before_the_answer(client, idx):
+    image = np.zeros((8, 8), np.uint8)
+    image[2:6, 3] = 255  # a "1"
+    data = png(image)
+    added = client.post("/items", files=[("images", ("one.png", data, "image/png"))],
+                        data={"ids": ["new-1"], "labels": ["1"]}, headers={"X-API-Key": KEY})
+    assert added.status_code == 201, added.text
+    assert added.json()["added"] == [{"id": "new-1", "image_url": "/items/new-1/image"}]
+    on_disk = HammingIndex.open(idx)  # saved before the response
+    assert "new-1" in on_disk and on_disk.items(["new-1"])[0]["label"] == "1"
+    item = client.get("/items/new-1").json()
+    assert item["label"] == "1" and len(item["code"]) == 4 and client.get("/items/new-1/image").content == data
+    found = client.post("/search?k=3", files={"image": ("q.png", data, "image/png")}).json()["results"]
+    assert found[0]["distance"] == 0 and "new-1" in [r["id"] for r in found if r["distance"] == 0]
+
+    again = client.post("/items", files=[("images", ("one.png", data, "image/png"))], data={"ids": ["new-1"]},
+                        headers={"X-API-Key": KEY})
+    assert "already in the index" in error(again, 409)
+    replaced = client.post("/items?replace=true", files=[("images", ("one.png", data, "image/png"))],
+                           data={"ids": ["new-1"], "labels": ["7"]}, headers={"X-API-Key": KEY}).json()
+    assert replaced["replaced"] == 1 and client.get("/items/new-1").json()["label"] == "7"
+
+    stored = idx / on_disk.items(["new-1"])[0]["path"]
+    assert client.delete("/items/new-1", headers={"X-API-Key": KEY}).json()["deleted"] == "new-1"
+    assert "new-1" not in HammingIndex.open(idx) and not stored.exists()  # nothing else referred to it
+    error(client.get("/items/new-1"), 404)
+
+
+def test_add_without_ids_names_items_by_content(client, idx):
+    data = png(np.eye(8) * 255)
+    body = client.post("/items", files=[("images", ("a.png", data, "image/png")),
+                                        ("images", ("b.png", png(np.ones((8, 8)) * 90), "image/png"))],
+                       headers={"X-API-Key": KEY}).json()
+    ids = [a["id"] for a in body["added"]]
+    assert len(set(ids)) == 2 and all(len(i) == 16 for i in ids)
+    duplicate = client.post("/items", files=[("images", ("c.png", data, "image/png"))], headers={"X-API-Key": KEY})
+    error(duplicate, 409)
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A few dozen bytes whose header declares ``width x height`` pixels."""
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("payload,status,words", [
+    (b"hello, not an image", 415, "not an image"),
+    (b"", 400, "empty"),
+    ("truncated-png", 422, "truncated"),
+    ("truncated-jpeg", 422, "truncated"),
+    (bomb_png(100_000, 100_000), 413, "pixels"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, 422, "corrupt"),
+])
+def test_bad_uploads_are_refused_with_4xx(client, payload, status, words):
+    full = png(np.random.default_rng(0).integers(0, 255, (64, 64)))
+    if payload == "truncated-png":
+        payload = full[: len(full) // 2]
+    elif payload == "truncated-jpeg":
+        jpeg = png(np.random.default_rng(0).integers(0, 255, (64, 64)), fmt="JPEG")
+        payload = jpeg[: len(jpeg) // 2]
+    response = client.post("/search", files={"image": ("q.png", payload, "image/png")})
+    assert words in error(response, status)
+
+
+def test_bad_requests_are_4xx_json(client):
+    assert "Content-Type" in error(client.post("/search", content=b"id=3", headers={"content-type": "text/plain"}), 415)
+    assert "Content-Type was missing" in error(client.post("/search", content=b"x"), 415)
+    assert "'image'" in error(client.post("/search", files={"picture": ("q.png", b"x", "image/png")}), 400)
+    assert "valid JSON" in error(client.post("/search", content=b"{id:", headers={"content-type": "application/json"}), 400)
+    assert '{"id"' in error(client.post("/search", json={"item": 3}), 400)
+    assert "string or an integer" in error(client.post("/search", json={"id": [1]}), 400)
+    assert "no item" in error(client.post("/search", json={"id": "no-such"}), 404)
+    assert "query parameter k" in error(client.post("/search?k=0", json={"id": "1"}), 422)
+    assert "k" in error(client.post("/search?k=5000", json={"id": "1"}), 422)
+    assert "radius" in error(client.post("/search?radius=-1", json={"id": "1"}), 422)
+    assert "k" in error(client.post("/search?k=ten", json={"id": "1"}), 422)
+    error(client.get("/items/no-such"), 404)
+    error(client.get("/items/no-such/image"), 404)
+    assert "no such endpoint" in error(client.get("/nowhere"), 404)
+    assert "not allowed" in error(client.put("/search"), 405)
+
+
+def test_mutations_need_the_api_key(client):
+    files = [("images", ("a.png", png(np.eye(8) * 255), "image/png"))]
+    assert "X-API-Key" in error(client.post("/items", files=files), 401)
+    assert "wrong" in error(client.post("/items", files=files, headers={"X-API-Key": "guess"}), 403)
+    error(client.delete("/items/0"), 401)
+    assert client.get("/health").json()["items"] == client.app.state.service.index.__len__()  # nothing changed
+    error(client.delete("/items/no-such", headers={"X-API-Key": KEY}), 404)
+
+
+def test_bad_item_batches(client):
+    one = [("images", ("a.png", png(np.eye(8) * 255), "image/png"))]
+    headers = {"X-API-Key": KEY}
+    assert "one per image" in error(client.post("/items", files=one, data={"ids": ["a", "b"]}, headers=headers), 400)
+    assert "unknown label 'cat'" in error(client.post("/items", files=one, data={"labels": ["cat"]}, headers=headers), 400)
+    assert "'images'" in error(client.post("/items", data={"ids": ["a"]}, headers=headers), 415)
+    assert "not an image" in error(client.post("/items", files=[("images", ("a.png", b"text", "image/png"))],
+                                               headers=headers), 415)
+
+
+def test_request_size_limit(idx):
+    with TestClient(create_app(idx, limits=ServeLimits(max_request_bytes=4000))) as small:
+        big = png(np.random.default_rng(1).integers(0, 255, (64, 64)))  # ~4 KB of noise
+        assert "limit" in error(small.post("/search", files={"image": ("q.png", big * 2, "image/png")}), 413)
+        chunks = (big[i:i + 500] for i in range(0, len(big) * 2, 500))  # no Content-Length: counted while read
+        response = small.post("/search", content=chunks, headers={"content-type": "multipart/form-data; boundary=x"})
+        assert "limit" in error(response, 413)
+    with TestClient(create_app(idx, limits=ServeLimits(max_pixels=1000))) as few:
+        assert "at most 1,000 pixels" in error(few.post("/search", files={"image": ("q.png", png(np.zeros((40, 40))),
+                                                                                      "image/png")}), 413)
+
+
+def test_images_are_served_only_from_the_index_store(tmp_path):
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(png(np.zeros((4, 4))))
+    folder = tmp_path / "idx"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "link.png").symlink_to(outside)
+    (folder / "images" / "ok.png").write_bytes(png(np.ones((4, 4))))
+    index = HammingIndex(8)
+    paths = [str(outside), "../secret.png", "images/../../secret.png", "images/link.png", "images/ok.png", ""]
+    index.add(np.arange(len(paths), dtype=np.uint8)[:, None], ids=list(range(len(paths))), paths=paths)
+    index.save(folder)
+    with TestClient(create_app(folder)) as client:
+        for item in (0, 1, 2, 3, 5):
+            error(client.get(f"/items/{item}/image"), 404)
+        assert client.get("/items/4/image").status_code == 200
+        assert client.get("/items/4").json()["image_url"] == "/items/4/image"
+        # an index of integer ids and no run: search by id works, by image says why not
+        body = client.post("/search?k=2", json={"id": 0}).json()
+        assert [r["id"] for r in body["results"]] == [1, 2]
+        assert "integer ids" in error(client.get("/items/abc"), 404)
+        assert "cannot encode images" in error(client.post("/search", files={"image": ("q.png", png(np.eye(8)),
+                                                                                          "image/png")}), 409)
