@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean-runs
+.PHONY: demo test venv browser clean-runs
 
 venv: $(STAMP)
 
@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/schn demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -q
+
+# Debian's Chromium for the browser test of the web page (Playwright drives it; it never downloads
+# a browser). Installed where apt-get can run as root; elsewhere that one test is skipped.
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "note: no /usr/bin/chromium (apt-get install chromium); the browser test will be skipped"
 
 clean-runs:
 	rm -rf runs

@@ -1,0 +1,168 @@
+"""``schn serve`` over real sockets: concurrent searches, mutations that neither block searches nor
+get lost (kill -9 after an acknowledged add), timeouts."""
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx2 as httpx
+import numpy as np
+import pytest
+from conftest import serving
+from PIL import Image
+
+from schn.index import HammingIndex
+from schn.index.build import build_index
+from schn.serve import ServeLimits, create_app
+
+
+@pytest.fixture(scope="module")
+def built_index(digits_run, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("live") / "idx"
+    build_index(digits_run, folder, store_images=True, progress=False)
+    return folder
+
+
+@pytest.fixture
+def idx(built_index, tmp_path):
+    return shutil.copytree(built_index, tmp_path / "idx")
+
+
+def png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (8, 8), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_searches_run_concurrently(idx):
+    app = create_app(idx)
+    service = app.state.service
+    encode = service.encode
+
+    def slow_encode(pictures):
+        time.sleep(0.5)
+        return encode(pictures)
+
+    service.encode = slow_encode
+    with serving(app) as url, ThreadPoolExecutor(4) as pool:
+        start = time.perf_counter()
+        codes = list(pool.map(lambda s: httpx.post(url + "/search", files={"image": ("q.png", png(s), "image/png")},
+                                                   timeout=10).status_code, range(4)))
+        took = time.perf_counter() - start
+    assert codes == [200] * 4
+    assert took < 1.5, f"4 searches of 0.5 s each took {took:.2f} s: they did not run concurrently"
+
+
+def test_a_slow_save_blocks_no_search_and_concurrent_adds_are_all_kept(idx, monkeypatch):
+    save = HammingIndex.save
+
+    def slow_save(self, path=None):
+        time.sleep(0.6)
+        return save(self, path)
+
+    monkeypatch.setattr(HammingIndex, "save", slow_save)
+    app = create_app(idx)
+    before = len(app.state.service.index)
+    with serving(app) as url, ThreadPoolExecutor(4) as pool:
+        adds = [pool.submit(httpx.post, url + "/items", files=[("images", (f"{s}.png", png(100 + s), "image/png"))],
+                            data={"ids": [f"new-{s}"]}, timeout=30) for s in range(3)]
+        time.sleep(0.2)  # the first add is saving now
+        start = time.perf_counter()
+        found = httpx.post(url + "/search?k=3", json={"id": "0"}, timeout=10)
+        search_took = time.perf_counter() - start
+        assert found.status_code == 200 and search_took < 0.4, f"a search waited {search_took:.2f} s for a save"
+        assert [a.result().status_code for a in adds] == [201] * 3  # one at a time, none lost
+        assert httpx.get(url + "/health").json()["items"] == before + 3
+    on_disk = HammingIndex.open(idx)
+    assert len(on_disk) == before + 3 and all(f"new-{s}" in on_disk for s in range(3))
+
+
+def test_search_and_body_timeouts(idx, monkeypatch):
+    app = create_app(idx, limits=ServeLimits(search_timeout=0.3, body_timeout=0.5))
+    search = HammingIndex.search_ids
+
+    def slow_search(self, *args, **kwargs):
+        time.sleep(1.0)
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(HammingIndex, "search_ids", slow_search)
+    with serving(app) as url:
+        slow = httpx.post(url + "/search", json={"id": "0"}, timeout=10)
+        assert slow.status_code == 503 and "longer than 0.3 s" in slow.json()["error"]
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as conn:  # promises a body, sends none
+            conn.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n")
+            start = time.perf_counter()
+            answer = conn.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and time.perf_counter() - start < 3, answer
+
+
+def test_an_acknowledged_add_survives_kill_9(idx):
+    """The real command: `schn serve`, an add, then SIGKILL; the item and its image are on disk."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "schn", "serve", str(idx), "--port", str(port),
+                               "--api-key", "k"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "schn serve did not answer within 60 s"
+            time.sleep(0.2)
+        data = png(7)
+        added = httpx.post(url + "/items", files=[("images", ("q.png", data, "image/png"))], data={"ids": ["kept"]},
+                           headers={"X-API-Key": "k"}, timeout=30)
+        assert added.status_code == 201, added.text
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.stdout.close()
+    index = HammingIndex.open(idx)  # checksums verified
+    assert "kept" in index and (idx / index.items(["kept"])[0]["path"]).read_bytes() == data
+
+
+def test_threads_share_one_service_safely(idx):
+    """Many searches racing a stream of adds and deletes: every answer is complete and consistent."""
+    app = create_app(idx)
+    service = app.state.service
+    errors = []
+    stop = threading.Event()
+
+    def searcher():
+        while not stop.is_set():
+            index = service.index
+            found = index.search_ids([str(index.ids[0])], 5)
+            if found.ids.shape != (1, 5) or not all(i in index for i in found.ids[0]):
+                errors.append(found)
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for s in range(4):
+            picture = Image.open(io.BytesIO(png(200 + s)))
+            service.add([picture], ["PNG"], [png(200 + s)], ids=[f"t{s}"])
+            if s % 2:
+                service.delete(f"t{s - 1}")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors
+    assert {"t1", "t3"} <= set(HammingIndex.open(idx).ids.tolist()) and "t0" not in HammingIndex.open(idx)
