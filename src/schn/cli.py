@@ -94,7 +94,7 @@ def _demo_search(run_dir: Path) -> None:
     from .index.build import build_index
     from .index_cli import print_neighbors, result_rows
 
-    index = build_index(run_dir, run_dir / "index", progress=False)
+    index = build_index(run_dir, run_dir / "index", progress=False, store_images=True)
     with np.load(run_dir / "codes.npz") as saved:
         code, label = saved["query_codes"][:1], saved["query_labels"][0]
     query_label = ",".join(np.asarray(index.class_names)[label > 0])
@@ -104,6 +104,7 @@ def _demo_search(run_dir: Path) -> None:
     print_neighbors(f"the 5 nearest to the first query image (label {query_label}):",
                     result_rows(index, ids, found.distances[0].tolist()))
     print(f"search it yourself: .venv/bin/schn search {run_dir / 'index'} --id {ids[0]} -k 5")
+    print(f"or in a browser:    .venv/bin/schn serve {run_dir / 'index'}   (then open http://127.0.0.1:8000/)")
 
 
 def cmd_benchmark(args) -> int:

@@ -109,41 +109,23 @@
     }
   }
 
-  const pick = (o, ...keys) => {
-    for (const k of keys) if (o && typeof o === "object" && o[k] !== undefined && o[k] !== null) return o[k];
-    return undefined;
-  };
-
-  function searchRoute(s) {
-    const routes = pick(s, "routes", "requests", "endpoints");
-    if (!routes || typeof routes !== "object") return undefined;
-    const entries = Array.isArray(routes)
-      ? routes.map((r) => [`${pick(r, "method") || ""} ${pick(r, "route", "path", "name") || ""}`, r])
-      : Object.entries(routes);
-    const hits = entries.filter(([key]) => /\/search\b/.test(key));
-    const post = hits.find(([key]) => /post/i.test(key));
-    return (post || hits[0] || [])[1];
-  }
-
   function ms(v) {
-    return typeof v === "number" ? `${v.toFixed(v < 10 ? 2 : 1)} ms` : undefined;
+    return typeof v === "number" ? `${v.toFixed(v < 10 ? 2 : 1)} ms` : "—";
   }
 
   function renderStats(s) {
-    const route = searchRoute(s);
-    const lat = pick(route, "latency_ms", "latency") || route;
-    const p50 = ms(pick(lat, "p50_ms", "p50")), p99 = ms(pick(lat, "p99_ms", "p99"));
+    const route = (s.requests || {})["POST /search"] || {};
     const rows = [
-      ["items", "Items", pick(s, "items", "count", "size")],
-      ["bits", "Bits", pick(s, "bits", "code_length")],
-      ["method", "Method", pick(s, "method")],
-      ["dataset", "Data set", pick(s, "dataset", "data_set")],
-      ["searches", "Searches served", pick(route, "count", "requests", "total")],
-      ["latency", "Search p50 / p99", p50 || p99 ? `${p50 || "—"} / ${p99 || "—"}` : undefined],
+      ["items", "Items", s.items],
+      ["bits", "Bits", s.bits],
+      ["method", "Method", s.method],
+      ["dataset", "Data set", s.dataset],
+      ["searches", "Searches served", route.count ?? 0],
+      ["latency", "Search p50 / p99", `${ms(route.p50_ms)} / ${ms(route.p99_ms)}`],
     ];
     const dl = el("dl");
     for (const [field, name, value] of rows) {
-      const dd = el("dd", "", value === undefined || typeof value === "object" ? "—" : value);
+      const dd = el("dd", "", value ?? "—");
       dd.dataset.field = field;
       dl.append(el("dt", "", name), dd);
     }
