@@ -22,6 +22,25 @@ def digits_run(tmp_path_factory):
     return out / "r1"
 
 
+@pytest.fixture(scope="session")
+def stored_index(digits_run, tmp_path_factory):
+    """The digits run's database indexed with its images in the index's store, built once per
+    session; copy it before changing it."""
+    from schn.index.build import build_index
+
+    folder = tmp_path_factory.mktemp("stored") / "idx"
+    build_index(digits_run, folder, store_images=True, progress=False)
+    return folder
+
+
+@pytest.fixture
+def idx(stored_index, tmp_path):
+    """A copy of ``stored_index`` for one test to change."""
+    import shutil
+
+    return shutil.copytree(stored_index, tmp_path / "idx")
+
+
 @contextmanager
 def serving(app):
     """An ASGI app served by uvicorn on a free loopback port in a thread; yields its base URL."""

@@ -1,7 +1,6 @@
 """``schn serve``'s HTTP API on a tiny digits run: every endpoint, and every kind of bad request
 answered by a 4xx JSON error (never a 500)."""
 import io
-import shutil
 import struct
 import zlib
 
@@ -11,23 +10,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from schn.index import HammingIndex
-from schn.index.build import build_index
 from schn.serve import ServeLimits, create_app
 
 KEY = "s3cret"
-
-
-@pytest.fixture(scope="module")
-def built_index(digits_run, tmp_path_factory):
-    """The run's database with its images in the index's store, built once; tests copy it."""
-    folder = tmp_path_factory.mktemp("served") / "idx"
-    build_index(digits_run, folder, store_images=True, progress=False)
-    return folder
-
-
-@pytest.fixture
-def idx(built_index, tmp_path):
-    return shutil.copytree(built_index, tmp_path / "idx")
 
 
 @pytest.fixture

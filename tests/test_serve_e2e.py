@@ -19,13 +19,11 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def service(digits_run, tmp_path):
-    """The service on a free loopback port, serving an index of the run with stored images."""
-    from schn.index.build import build_index
+def service(stored_index):
+    """The service on a free loopback port, serving the digits run's index with its images."""
     from schn.serve import create_app
 
-    build_index(digits_run, tmp_path / "idx", store_images=True, progress=False)
-    with serving(create_app(tmp_path / "idx")) as url:
+    with serving(create_app(stored_index)) as url:
         yield url
 
 

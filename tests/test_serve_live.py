@@ -2,7 +2,6 @@
 get lost (kill -9 after an acknowledged add), timeouts."""
 import io
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,25 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx2 as httpx
 import numpy as np
-import pytest
 from conftest import serving
 from PIL import Image
 
 from schn.index import HammingIndex
-from schn.index.build import build_index
 from schn.serve import ServeLimits, create_app
-
-
-@pytest.fixture(scope="module")
-def built_index(digits_run, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("live") / "idx"
-    build_index(digits_run, folder, store_images=True, progress=False)
-    return folder
-
-
-@pytest.fixture
-def idx(built_index, tmp_path):
-    return shutil.copytree(built_index, tmp_path / "idx")
 
 
 def png(seed: int) -> bytes:
