@@ -167,6 +167,8 @@ def test_bad_requests_are_4xx_json(client):
     assert '{"id"' in error(client.post("/search", json={"item": 3}), 400)
     assert "string or an integer" in error(client.post("/search", json={"id": [1]}), 400)
     assert "no item" in error(client.post("/search", json={"id": "no-such"}), 404)
+    assert len(error(client.post("/search", json={"id": "x" * 5000}), 404)) < 200
+    assert "NUL" in error(client.get("/items/%00"), 400)
     assert "query parameter k" in error(client.post("/search?k=0", json={"id": "1"}), 422)
     assert "k" in error(client.post("/search?k=5000", json={"id": "1"}), 422)
     assert "radius" in error(client.post("/search?radius=-1", json={"id": "1"}), 422)

@@ -69,13 +69,13 @@ class SearchService:
             try:
                 return int(raw)
             except ValueError:
-                raise ItemNotFound(f"no item {raw!r}: this index has integer ids") from None
+                raise ItemNotFound(f"no item {_short(raw)}: this index has integer ids") from None
         return str(raw)
 
     def row_of(self, index: HammingIndex, item_id) -> int:
         row = int(index.rows_of([item_id], missing="ignore")[0])
         if row < 0:
-            raise ItemNotFound(f"no item {item_id!r} in the index")
+            raise ItemNotFound(f"no item {_short(item_id)} in the index")
         return row
 
     def image_file(self, index: HammingIndex, row: int) -> Path | None:
@@ -151,6 +151,11 @@ class SearchService:
                 "dataset": index.info.get("dataset"), "searcher": index.searcher_name, "index": str(self.folder),
                 "version": index.version, "id_kind": index.id_kind or "int", "class_names": index.class_names,
                 "can_encode_images": self.encoder is not None}
+
+
+def _short(item_id) -> str:
+    text = repr(item_id)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def hex_code(index: HammingIndex, row: int) -> str:
