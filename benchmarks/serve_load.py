@@ -500,11 +500,14 @@ async def client_phases(args, base: str, ids: list, pngs: list, deadline: float,
     out["warmup"] = warm
 
     async def stats():
+        fresh = Connection(base)  # the service closes a connection left idle longer than its keep-alive
         try:
-            resp = await client.get("/stats")
+            resp = await fresh.get("/stats")
             return resp.json() if resp.status_code == 200 else {"status": resp.status_code, "body": resp.text[:300]}
         except Exception as exc:  # noqa: BLE001
             return {"exception": f"{type(exc).__name__}: {exc}"}
+        finally:
+            await fresh.close()
 
     rows = []
     for name, n, send, check, keep_fn, concurrency in (

@@ -69,6 +69,24 @@ def test_add_search_by_image_and_delete(run_dir, images, tmp_path, capsys):
     assert len(HammingIndex.open(idx)) == 3
 
 
+def test_store_images_copies_them_into_the_index(run_dir, images, tmp_path):
+    idx = tmp_path / "idx"
+    assert main(["index", "build", str(run_dir), "-o", str(idx), "--images", str(images), "--store-images",
+                 "--quiet"]) == 0
+    index = HammingIndex.open(idx)
+    stored = {item["id"]: item["path"] for item in index.items(index.ids)}
+    assert all(p.startswith("images/") for p in stored.values())
+    assert (idx / stored[str(images / "d1.png")]).read_bytes() == (images / "d1.png").read_bytes()  # as it was
+    extra = tmp_path / "more"
+    extra.mkdir()
+    shutil.copy(images / "d0.png", extra / "copy.png")
+    assert main(["index", "add", str(idx), str(extra), "--store-images", "--quiet"]) == 0
+    index = HammingIndex.open(idx)
+    # the same bytes are one file in the store, shared by both items
+    assert index.items([str(extra / "copy.png")])[0]["path"] == index.items([str(images / "d0.png")])[0]["path"]
+    assert len(list((idx / "images").iterdir())) == 3
+
+
 def test_user_mistakes_end_in_one_line(run_dir, tmp_path, capsys):
     assert main(["search", str(tmp_path / "none"), "--id", "3"]) == 2
     assert "no index at" in capsys.readouterr().err

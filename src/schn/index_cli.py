@@ -43,6 +43,13 @@ def cmd_index_add(args) -> int:
     index = _open(args)
     packed, files = encode_for_index(index, args.paths, run_dir=args.run, device=args.device, progress=not args.quiet)
     ids, paths = [str(p) for p in files], [str(p.resolve()) for p in files]
+    if args.store_images:
+        from .index import HammingIndex
+        from .index.images import store_all
+
+        if not isinstance(index, HammingIndex):
+            raise SchnError("--store-images needs a local index folder, not a Milvus location")
+        paths = store_all(args.index, files)  # durable before the index that refers to them is saved
     if args.upsert:
         replaced, added = index.upsert(packed, ids=ids, paths=paths)
     else:
@@ -135,6 +142,7 @@ def add_index_commands(sub) -> None:
     location(p)
     p.add_argument("paths", nargs="+")
     p.add_argument("--upsert", action="store_true", help="replace items whose id is already there")
+    p.add_argument("--store-images", action="store_true", help="copy the images into IDX/images/ (shown by schn serve)")
     encoding(p)
     p.set_defaults(func=cmd_index_add)
 

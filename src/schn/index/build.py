@@ -5,7 +5,6 @@ an index by the very model that made its codes (a retrained run is refused: rebu
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +86,7 @@ def build_index(run_dir, location, images=None, collection: str | None = None, o
     index = create_index_backend(backend, str(location), bits=bits, id_kind="str", class_names=names, info=info,
                                  overwrite=overwrite, **options)
     if store_images:
-        paths = [images_mod.store_image(location, picture, sync=False) for picture in pictures]
-        os.sync()  # every image durable before the index that refers to them is saved
+        paths = images_mod.store_all(location, pictures)  # durable before the index that refers to them
     index.add(packed, ids=ids, labels=labels, paths=paths)
     index.save()
     return index
