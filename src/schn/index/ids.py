@@ -70,7 +70,7 @@ def to_user(stored: np.ndarray) -> np.ndarray:
 def concat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.dtype.kind == "S":
         width = max(a.dtype.itemsize, b.dtype.itemsize, 1)
-        return np.concatenate([a.astype(f"S{width}"), b.astype(f"S{width}")])
+        return np.concatenate([a, b], dtype=f"S{width}")  # widened while copied, not copied twice
     return np.concatenate([a, b])
 
 

@@ -77,7 +77,8 @@ class _Table:
     space is at most a few times the row count; otherwise by the key's place among the keys present."""
 
     def __init__(self, keys: np.ndarray, words: np.ndarray, length: int):
-        order = np.argsort(keys, kind="stable")
+        # numpy sorts 16-bit integers by radix, O(n): rebuilding a table after a change stays cheap
+        order = np.argsort(keys.astype(np.uint16) if length <= 16 else keys, kind="stable")
         self.rows = order.astype(np.int32 if len(order) < 2**31 else np.int64)
         self.words = words[order]
         self.length = length
