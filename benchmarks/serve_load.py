@@ -384,7 +384,8 @@ async def http_phase(name: str, base: str, n: int, concurrency: int, send, check
     return row
 
 
-def search_check(expected: int):
+def search_check(expected: int, took: list | None = None):
+    """Checks a search answer; collects its ``took_ms`` (the search in the worker thread) in ``took``."""
     def check(resp: Response):
         if not 200 <= resp.status_code < 300:
             return f"HTTP {resp.status_code}"
@@ -394,6 +395,8 @@ def search_check(expected: int):
             return "bad JSON"
         if not isinstance(body, dict) or len(body.get("results", ())) != expected:
             return "wrong result count"
+        if took is not None:
+            took.append(body["took_ms"])
         return None
     return check
 
@@ -509,10 +512,11 @@ async def client_phases(args, base: str, ids: list, pngs: list, deadline: float,
         finally:
             await fresh.close()
 
-    rows = []
+    rows, took = [], {"id": [], "upload": []}
     for name, n, send, check, keep_fn, concurrency in (
-            ("search by id", args.searches, by_id, search_check(expected), keep, args.concurrency),
-            ("search by upload", args.uploads, upload, search_check(min(k, args.count)), None, args.concurrency),
+            ("search by id", args.searches, by_id, search_check(expected, took["id"]), keep, args.concurrency),
+            ("search by upload", args.uploads, upload, search_check(min(k, args.count), took["upload"]), None,
+             args.concurrency),
             ("GET /health", args.searches, health, health_check, None, args.concurrency),
             # each change is saved (fsynced) and its searcher rebuilt before the answer: one at a time
             ("add one image (POST /items)", args.adds, add, status_is(201), None, 1),
@@ -523,6 +527,8 @@ async def client_phases(args, base: str, ids: list, pngs: list, deadline: float,
             out["stats_after_id_searches"] = await stats()
     out["stats_end"] = await stats()
     out["rows"], out["kept"] = rows, kept
+    out["took_ms"] = {kind: {q: round(float(np.percentile(v, q)), 3) for q in (50, 99)} if v else None
+                      for kind, v in took.items()}
     return out
 
 
@@ -585,7 +591,14 @@ def markdown(res: dict) -> str:
                  f"searches p50 {fmt(ss['after_id_p50_ms'], '.2f')} ms, p99 {fmt(ss['after_id_p99_ms'], '.2f')} ms; "
                  f"at the end (id and upload searches) p50 {fmt(ss['end_p50_ms'], '.2f')} ms, "
                  f"p99 {fmt(ss['end_p99_ms'], '.2f')} ms ({fmt(ss['end_count'], ',')} requests, "
-                 f"{fmt(ss['end_errors'], ',')} errors counted by the service)")
+                 f"{fmt(ss['end_errors'], ',')} errors counted by the service); it includes the wait for a "
+                 "worker thread")
+    for kind, name in (("id", "search by id"), ("upload", "search by upload")):
+        t = res["took_ms"][kind]
+        if t:
+            lines.append(f"- {name}, the work in the worker thread (`took_ms` of the answers: "
+                         f"{'encoding, ' if kind == 'upload' else ''}search, result rows): "
+                         f"p50 {t[50]:.2f} ms, p99 {t[99]:.2f} ms")
     return "\n".join(lines) + "\n"
 
 
@@ -650,7 +663,7 @@ def main() -> int:
     finally:
         stop_service(proc)
     res.update(warmup=client["warmup"], stats_after_id_searches=client["stats_after_id_searches"],
-               stats_end=client["stats_end"])
+               stats_end=client["stats_end"], took_ms=client["took_ms"])
     rows = client["rows"]
     print("  in-process search_ids ...", flush=True)
     refs, ref_facts = in_process(idx, ids, args.k, deadline)

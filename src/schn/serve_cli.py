@@ -22,7 +22,8 @@ def cmd_serve(args) -> int:
     if api_key == "":
         raise SchnError("the API key is empty; pass a non-empty --api-key or SCHN_API_KEY, or none at all")
     limits = ServeLimits(max_request_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
-                         search_timeout=args.timeout, body_timeout=args.timeout)
+                         search_timeout=args.timeout, body_timeout=args.timeout,
+                         **({"worker_threads": args.worker_threads} if args.worker_threads else {}))
     app = create_app(args.index, args.run, api_key=api_key, limits=limits, device=args.device,
                      searcher=args.searcher, verify=not args.no_verify)
     service = app.state.service
@@ -44,6 +45,8 @@ def add_serve_command(sub) -> None:
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height (default 40M)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for a search, and for a silent client")
     p.add_argument("--searcher", default="auto", help="auto (default), mih, faiss or numpy")
+    p.add_argument("--worker-threads", type=int, default=None,
+                   help="searches and uploads handled at once (default twice the cores)")
     p.add_argument("--threads", type=int, default=1, help="FAISS and torch threads per request (default 1)")
     p.add_argument("--device", default=None)
     p.add_argument("--no-verify", action="store_true", help="skip the checksum check of the index files at start")

