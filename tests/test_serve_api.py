@@ -232,3 +232,38 @@ def test_images_are_served_only_from_the_index_store(tmp_path):
         assert "integer ids" in error(client.get("/items/abc"), 404)
         assert "cannot encode images" in error(client.post("/search", files={"image": ("q.png", png(np.eye(8)),
                                                                                           "image/png")}), 409)
+
+
+def test_no_request_gets_a_500(client):
+    """Seeded garbage at every endpoint: bodies, content types, paths, query strings, multipart."""
+    rng = np.random.default_rng(0)
+    good = png(np.eye(8) * 255)
+    bodies = [b"", b"{}", b"null", b"[1,2]", b'{"id": {"x": 1}}', b'{"id": "0"', good, good[:30], b"\xff\xd8\xff" + b"\0" * 50,
+              b"GIF89a" + bytes(20), b"BM" + bytes(60), b"RIFF\0\0\0\0WEBP" + bytes(30), bytes(rng.integers(0, 256, 300))]
+    types = ["application/json", "multipart/form-data", "multipart/form-data; boundary=zz", "image/png", "text/plain",
+             "application/x-www-form-urlencoded", ""]
+    paths = ["/search", "/search?k=3&radius=1", "/search?k=-1", "/search?radius=9999999999999999999999", "/search?limit=0",
+             "/items", "/items?replace=maybe", "/items/0", "/items/0/image", "/items/%ff", "/health", "/stats", "/",
+             "/static/../../etc/passwd", "/static/app.js", "/docs"]
+    statuses = []
+    for _ in range(300):
+        method = ["GET", "POST", "DELETE", "PUT"][rng.integers(4)]
+        path, body, kind = (paths[rng.integers(len(paths))], bodies[rng.integers(len(bodies))],
+                            types[rng.integers(len(types))])
+        headers = {"content-type": kind, "x-api-key": KEY} if kind else {"x-api-key": KEY}
+        response = client.request(method, path, content=body if method != "GET" else None, headers=headers)
+        assert response.status_code < 500, (method, path, kind, body[:40], response.text)
+        statuses.append(response.status_code)
+    for files in ([("image", ("a.png", good, "image/png"))] * 3, [("images", ("a.png", good, "image/png"))] * 70,
+                  {"image": ("a.png", good, "text/plain"), "k": (None, "3")}):
+        for path in ("/search", "/items"):
+            response = client.post(path, files=files, headers={"x-api-key": KEY})
+            assert response.status_code < 500, (path, response.text)
+    assert len(set(statuses)) > 5  # the garbage reached many different answers
+
+
+def test_serve_refuses_a_milvus_location(tmp_path):
+    from schn.errors import SchnError
+
+    with pytest.raises(SchnError, match="local index folder"):
+        create_app(tmp_path / "codes.db")
