@@ -163,6 +163,7 @@ def test_bad_requests_are_4xx_json(client):
     assert "Content-Type" in error(client.post("/search", content=b"id=3", headers={"content-type": "text/plain"}), 415)
     assert "Content-Type was missing" in error(client.post("/search", content=b"x"), 415)
     assert "'image'" in error(client.post("/search", files={"picture": ("q.png", b"x", "image/png")}), 400)
+    error(client.post("/search", files={"image": ("two\nlines.png", b"text", "image/png")}), 415)  # one line
     assert "valid JSON" in error(client.post("/search", content=b"{id:", headers={"content-type": "application/json"}), 400)
     assert '{"id"' in error(client.post("/search", json={"item": 3}), 400)
     assert "string or an integer" in error(client.post("/search", json={"id": [1]}), 400)

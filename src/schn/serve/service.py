@@ -129,7 +129,10 @@ class SearchService:
             index.save()
         except SchnError as exc:  # e.g. another process changed the index on disk
             raise Conflict(str(exc)) from None
-        self.index = self._warm(index)
+        try:
+            self._warm(index)
+        finally:  # saved is what the service serves, even if building the searcher failed
+            self.index = index
         if dropped_paths:
             images_mod.remove_unreferenced(self.folder, dropped_paths, index.uses_path)
 
