@@ -49,6 +49,9 @@ def test_health_stats_and_openapi(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/search", "/items", "/items/{item_id}", "/items/{item_id}/image", "/health", "/stats"} <= set(paths)
     assert set(paths["/search"]["post"]["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+    docs = client.get("/docs").text
+    assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()  # works offline
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
 
 
 def test_search_by_id_matches_the_index(client, idx):

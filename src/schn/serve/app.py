@@ -17,9 +17,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import anyio
-from fastapi import FastAPI, Query, Request
+import swagger_ui
+from fastapi import FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -32,6 +35,9 @@ from .service import Conflict, ItemNotFound, NoEncoder, SearchService, hex_code
 from .uploads import BadUpload, decode_upload
 
 STATIC = Path(__file__).parent / "static"
+# declared for the OpenAPI schema (Authorize in /docs); checked by the routes, only when a key is set
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed by POST /items and DELETE /items "
+                       "when the service was started with --api-key")
 log = logging.getLogger("schn.serve")
 
 
@@ -55,16 +61,15 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
     limits = limits or ServeLimits()
     service = SearchService(index_path, run_dir, device=device, searcher=searcher, verify=verify)
     stats = RequestStats()
-    app = FastAPI(title="schn search service", version="1",
+    app = FastAPI(title="schn search service", version="1", docs_url=None, redoc_url=None,
                   description="Find similar images by Hamming distance between learned binary codes.")
     app.state.service, app.state.stats, app.state.limits = service, stats, limits
     app.add_middleware(RequestGuard, stats=stats, max_body=limits.max_request_bytes, body_timeout=limits.body_timeout)
     _add_error_handlers(app)
 
-    def check_key(request: Request) -> None:
+    def check_key(given: str | None) -> None:
         if api_key is None:
             return
-        given = request.headers.get("x-api-key")
         if given is None:
             raise HTTPException(401, "this endpoint needs an API key: send it in the X-API-Key header")
         if not hmac.compare_digest(given.encode(), api_key.encode()):
@@ -153,9 +158,10 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
 
     @app.post("/items", status_code=201, response_model=schemas.AddResponse, openapi_extra=schemas.ITEMS_BODY,
               responses=schemas.ERRORS)
-    async def add_items(request: Request, replace: bool = Query(False, description="replace items with these ids")):
+    async def add_items(request: Request, replace: bool = Query(False, description="replace items with these ids"),
+                        key: str | None = Security(API_KEY)):
         """Add images (multipart files ``images``; optional ``ids`` and ``labels``, one per image)."""
-        check_key(request)
+        check_key(key)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "multipart/form-data":
             raise HTTPException(415, "send multipart/form-data with one or more file fields 'images'")
@@ -181,8 +187,8 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
         return await in_thread(run)
 
     @app.delete("/items/{item_id:path}", response_model=schemas.DeleteResponse, responses=schemas.ERRORS)
-    async def delete_item(item_id: str, request: Request):
-        check_key(request)
+    async def delete_item(item_id: str, key: str | None = Security(API_KEY)):
+        check_key(key)
         item = service.item_id(item_id)
         await in_thread(lambda: service.delete(item))
         return {"deleted": item, "items": len(service.index)}
@@ -214,7 +220,15 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
                             headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:",
                                      "X-Content-Type-Options": "nosniff"})
 
+    @app.get("/docs", include_in_schema=False)
+    def docs():  # Swagger UI from a Python package: no CDN, so the docs work offline too
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="schn search service",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=Path(swagger_ui.__file__).parent / "static"), name="docs-assets")
     return app
 
 
