@@ -81,6 +81,9 @@ def test_search_by_uploaded_image_is_the_networks_code(client, idx):
     # the type is read from the bytes: a JPEG named .png is fine
     jpeg = png(Image.open(io.BytesIO(data)).convert("L"), fmt="JPEG")
     assert client.post("/search", files={"image": ("x.png", jpeg, "image/png")}).status_code == 200
+    # any size: resized to the run's input size (8x8 here), as a data set image never needs
+    for shape in [(1, 1), (300, 200, 3)]:
+        assert client.post("/search", files={"image": ("any.png", png(np.full(shape, 200)), "image/png")}).status_code == 200
 
 
 def test_radius_search_is_complete_and_limited(client, idx):
@@ -92,6 +95,8 @@ def test_radius_search_is_complete_and_limited(client, idx):
     assert body["count"] == int((dist <= 2).sum()) - 1 and body["radius"] == 2 and body["k"] is None
     assert all(r["distance"] <= 2 for r in body["results"]) and not body["truncated"]
     assert [r["distance"] for r in body["results"]] == sorted(r["distance"] for r in body["results"])
+    everything = client.post(f"/search?radius={2**40}&limit=10000", json={"id": query}).json()
+    assert everything["count"] == len(index) - 1  # a radius past the code length reaches every item
     small = client.post("/search?radius=2&limit=3", json={"id": query}).json()
     assert small["count"] == 3 and small["truncated"] is True
 

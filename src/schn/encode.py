@@ -69,8 +69,10 @@ class ImageEncoder:
     def __init__(self, run):
         spec = run.checkpoint["input_spec"]
         self.run, self.channels, self.bits = run, spec["channels"], int(run.checkpoint["bits"])
-        self.transform = build_transform(spec["preprocess"], False, spec["input_size"], spec["mean"], spec["std"],
-                                         spec["channels"])
+        # "small" never resizes (the data set's images are already input_size); a new image may be any
+        # size, so it is resized to input_size, which leaves an image of that size untouched
+        kind = "plain" if spec["preprocess"] == "small" else spec["preprocess"]
+        self.transform = build_transform(kind, False, spec["input_size"], spec["mean"], spec["std"], spec["channels"])
         self.backbone = None
         if run.cfg.model.frozen:
             # trained on cached features: the same frozen backbone turns images into features

@@ -265,7 +265,8 @@ class HammingIndex(CodeIndex):
             raise SchnError(f"radius must be at least 0, got {r}")
         if len(self) == 0:
             return [Neighbors(self.ids[:0], np.zeros(0, np.int32), np.zeros(0, np.int64)) for _ in queries]
-        found = sort_found(self.searcher(searcher).radius(queries, int(r)), self._ids)
+        r = min(int(r), self.bits)  # no code is farther; searchers take a C int
+        found = sort_found(self.searcher(searcher).radius(queries, r), self._ids)
         return [Neighbors(ids_mod.to_user(self._ids[rows]), dist, rows) for rows, dist in found]
 
     # ---- persistence ----------------------------------------------------------------------

@@ -88,11 +88,11 @@ ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 4
 _ID = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
 SEARCH_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "required": ["id"], "properties": {"id": _ID}}},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "additionalProperties": False,
                                        "properties": {"image": {"type": "string", "format": "binary"}}}}}}}
-ITEMS_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["images"], "properties": {
-        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+ITEMS_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["images"], "additionalProperties": False, "properties": {
+        "images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}},
         "ids": {"type": "array", "items": {"type": "string"}},
         "labels": {"type": "array", "items": {"type": "string"},
                    "description": "class names separated by commas, one entry per image"}}}}}}}
