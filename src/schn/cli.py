@@ -36,6 +36,14 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .runs import train_run
 
+    if (args.config is None) == (args.resume is None):
+        raise SchnError("pass --config FILE to start a run, or --resume RUN to continue an interrupted one")
+    if args.resume is not None:
+        if args.set:
+            raise SchnError("--resume continues a run with its own config; --set cannot change it")
+        run_dir, metrics = train_run(None, progress=not args.quiet, resume_dir=args.resume)
+        _print_metrics(run_dir, metrics)
+        return 0
     cfg = load_config(args.config, args.set)
     run_dir, metrics = train_run(cfg, progress=not args.quiet and cfg.run.progress)
     _print_metrics(run_dir, metrics)
@@ -137,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a method from a config; writes a run folder")
-    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--config", default=None, help="YAML config (see configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.bits=48")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue an interrupted run from its last finished outer iteration")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 

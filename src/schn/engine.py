@@ -11,12 +11,14 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from . import resume as resume_mod
 from .config import Config
 from .evaluate import encode_view, validation_map
 
@@ -70,8 +72,13 @@ def seed_everything(seed: int) -> None:
 
 
 def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
-                 log=None, progress: bool = True) -> TrainResult:
-    """Run the outer loop; leaves ``method`` at the selected iteration. ``log(record)`` per iteration."""
+                 log=None, progress: bool = True, state_file: Path | None = None) -> TrainResult:
+    """Run the outer loop; leaves ``method`` at the selected iteration. ``log(record)`` per iteration.
+
+    ``state_file``: after every outer iteration, everything the loop needs to go on (models,
+    optimisers, database codes, the sampler's position, every RNG state, the results so far) is
+    written there atomically; if the file exists when training starts, the loop resumes from it
+    and ends as the uninterrupted run would have (bit-identical on CPU in one process)."""
     tc = cfg.train
     rng = np.random.default_rng(cfg.run.seed)
     loader_gen = torch.Generator().manual_seed(cfg.run.seed)
@@ -86,8 +93,12 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
     result = TrainResult(model_selection=select)
     best_state, best_score = None, -math.inf
     val_pool = validation_pool(split.train, tc.val_pool_size, cfg.run.seed)
+    start = 0
+    if state_file is not None and Path(state_file).is_file():
+        start, best_state, best_score = resume_mod.restore(state_file, method, schedule, rng, loader_gen, result)
+        bar.update(start * tc.epochs_per_iteration * steps_per_epoch)
     try:
-        for it in range(tc.iterations):
+        for it in range(start, tc.iterations):
             if result.stopped_by_time_budget:
                 break
             t0 = time.perf_counter()
@@ -130,6 +141,9 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
             record["seconds"] = round(train_seconds, 3)
             record["images_per_second"] = round(images / train_seconds, 1) if train_seconds else 0.0
             result.history.append(record)
+            if state_file is not None:
+                resume_mod.capture(state_file, it + 1, method, schedule, rng, loader_gen, result, best_state,
+                                   best_score)
             if log is not None:
                 log(record)
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("loss", "val_map")})

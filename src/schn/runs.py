@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from . import codes as codes_mod
-from .config import Config, config_from_dict, dump_config
+from . import resume as resume_mod
+from .config import Config, config_from_dict, dump_config, load_config
 from .data import create_dataset, load_split, make_split
 from .engine import seed_everything, train_method
 from .errors import SchnError
@@ -101,27 +102,38 @@ def prepare_run(cfg: Config, progress: bool = True) -> PreparedRun:
     return PreparedRun(dataset, split, inputs, labels, method, device)
 
 
-def train_run(cfg: Config, progress: bool = True, echo=print) -> tuple[Path, dict]:
-    """Train one config end to end and write its run folder. Returns (folder, metrics)."""
+def train_run(cfg: Config, progress: bool = True, echo=print, resume_dir: str | Path | None = None
+              ) -> tuple[Path, dict]:
+    """Train one config end to end and write its run folder. Returns (folder, metrics).
+    ``resume_dir``: go on with that interrupted run instead (its own config and split)."""
+    if resume_dir is not None:
+        run_dir, cfg, history = _resumable(resume_dir)
     seed_everything(cfg.run.seed)
     run = prepare_run(cfg, progress)
     dataset, split, inputs, labels, method, device = (run.dataset, run.split, run.inputs, run.labels,
                                                       run.method, run.device)
-    run_dir = new_run_dir(cfg)
-    write_text(run_dir / "config.yaml", dump_config(cfg))
-    split.save(run_dir / "split.json")
+    log_path = run_dir / "log.jsonl" if resume_dir is not None else None
+    if resume_dir is None:
+        run_dir = new_run_dir(cfg)
+        write_text(run_dir / "config.yaml", dump_config(cfg))
+        split.save(run_dir / "split.json")
+        log_path = run_dir / "log.jsonl"
+    else:  # the log as of the saved state (a record written after it would be repeated)
+        write_text(log_path, "".join(json.dumps(record) + "\n" for record in history))
     report = getattr(dataset, "report", None)
     if report and any(report.values()):
         echo(f"data: {', '.join(f'{k}={v}' for k, v in report.items())}")
-    log_path = run_dir / "log.jsonl"
 
     def log(record: dict) -> None:
         with open(log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    result = train_method(cfg, method, inputs, split, labels, device, log=log, progress=progress)
+    state_file = run_dir / resume_mod.STATE_FILE
+    result = train_method(cfg, method, inputs, split, labels, device, log=log, progress=progress,
+                          state_file=state_file)
     save_checkpoint(run_dir / "checkpoint.pt", cfg, method, inputs, labels.shape[1], len(split.train),
                     dataset.class_names)
+    state_file.unlink(missing_ok=True)  # finished: checkpoint.pt is the run's model from now on
     evaluation = evaluate_method(method, inputs, split, labels, cfg.eval, device,
                                  cfg.train.encode_batch_size, progress=progress)
     extra = {
@@ -136,6 +148,22 @@ def train_run(cfg: Config, progress: bool = True, echo=print) -> tuple[Path, dic
         "device": str(device),
     }
     return run_dir, write_evaluation(run_dir, cfg, evaluation, extra, split, labels, dataset.class_names)
+
+
+def _resumable(run_dir) -> tuple[Path, Config, list]:
+    """An interrupted run's folder, config (its split pinned to split.json) and log so far."""
+    run_dir = Path(run_dir)
+    state = run_dir / resume_mod.STATE_FILE
+    if not (run_dir / "config.yaml").is_file():
+        raise SchnError(f"{run_dir} is not a run folder (no config.yaml); pass a folder written by `schn train`")
+    if not state.is_file():
+        if (run_dir / "checkpoint.pt").is_file():
+            raise SchnError(f"run {run_dir} has finished; there is nothing to resume")
+        raise SchnError(f"run {run_dir} stopped before its first outer iteration ended (no {resume_mod.STATE_FILE}); "
+                        "train it again")
+    cfg = load_config(run_dir / "config.yaml", [f"split.file={run_dir / 'split.json'}"])
+    history = torch.load(state, map_location="cpu", weights_only=False)["result"]["history"]
+    return run_dir, cfg, history
 
 
 def input_spec(inputs: ModelInputs) -> dict:
