@@ -61,8 +61,13 @@ def cmd_evaluate(args) -> int:
 def cmd_encode(args) -> int:
     from .encode import encode_images
 
-    n, out = encode_images(args.run, args.paths, args.output, device=args.device, progress=not args.quiet)
-    print(f"wrote {n} codes to {out}")
+    n, out, rate = encode_images(args.run, args.paths, args.output, device=args.device, progress=not args.quiet,
+                                 batch_size=args.batch_size, workers=args.workers,
+                                 **({"chunk_size": args.chunk_size} if args.chunk_size else {}))
+    from .distributed import world
+
+    if world().is_main:
+        print(f"wrote {n:,} codes to {out} ({rate:,.0f} images/s)")
     return 0
 
 
@@ -158,10 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("encode", help="encode image files or folders into packed binary codes")
+    p = sub.add_parser("encode", help="encode image files or folders into packed binary codes "
+                                      "(resumable; data-parallel under torchrun)")
     p.add_argument("run")
     p.add_argument("paths", nargs="+")
     p.add_argument("-o", "--output", required=True, help="output .npz (codes, ids, bits)")
+    p.add_argument("--chunk-size", type=int, default=None, help="images per chunk written (and resumed) at once "
+                   "(default 65,536)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0, help="processes decoding images beside the network")
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_encode)

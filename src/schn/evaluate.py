@@ -31,7 +31,8 @@ def encode_view(method, view, device, batch_size: int = 256, num_workers: int = 
                 progress: bool = False, desc: str = "encode", backbone=None) -> np.ndarray:
     """Binary codes (float32 +-1, or 0 under sign(0)=0) of every item of ``view``, in order."""
     method.eval()
-    loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=torch.device(device).type == "cuda")
     chunks = []
     for inputs, _, _ in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
         inputs = inputs.to(device)
