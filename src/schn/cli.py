@@ -33,6 +33,7 @@ def _print_metrics(run_dir: Path, metrics: dict) -> None:
 
 
 def cmd_train(args) -> int:
+    from . import distributed
     from .config import load_config
     from .runs import train_run
 
@@ -42,11 +43,15 @@ def cmd_train(args) -> int:
         if args.set:
             raise SchnError("--resume continues a run with its own config; --set cannot change it")
         run_dir, metrics = train_run(None, progress=not args.quiet, resume_dir=args.resume)
-        _print_metrics(run_dir, metrics)
+        if metrics:
+            _print_metrics(run_dir, metrics)
+        distributed.finish()
         return 0
     cfg = load_config(args.config, args.set)
     run_dir, metrics = train_run(cfg, progress=not args.quiet and cfg.run.progress)
-    _print_metrics(run_dir, metrics)
+    if metrics:  # under torchrun, the first process reports
+        _print_metrics(run_dir, metrics)
+    distributed.finish()
     return 0
 
 

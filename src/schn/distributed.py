@@ -55,6 +55,77 @@ def total(count: int) -> int:
     return count
 
 
+def broadcast(obj):
+    """The first process's ``obj``, in every process (any picklable object)."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def finish() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---- data-parallel training: every process computes the loss of the whole global batch --------
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_rows(t: torch.Tensor, grad_scale: bool = False) -> torch.Tensor:
+    """The rows of ``t`` from every process, in rank order (row counts may differ by one).
+
+    Gradients reach this process's own rows only. With ``grad_scale`` they are multiplied by the
+    number of processes: DistributedDataParallel then averages the networks' gradients, and the
+    average of (processes x the gradient through one's own rows) is exactly the gradient of the
+    whole batch's loss, as one process computing it would get."""
+    if not active():
+        return t
+    size, rank = dist.get_world_size(), dist.get_rank()
+    count = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
+    counts = [torch.zeros_like(count) for _ in range(size)]
+    dist.all_gather(counts, count)
+    longest = int(max(c.item() for c in counts))
+    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[:t.shape[0]] = t.detach()
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    own = t * size - t.detach() * (size - 1) if grad_scale else t  # same values, gradient x size
+    return torch.cat([own if i == rank else parts[i][:int(counts[i].item())] for i in range(size)])
+
+
+def average_gradients(parameters) -> None:
+    """Average the gradients of ``parameters`` over the processes (those computed on the whole
+    gathered batch are equal everywhere already; this keeps the replicas bit-for-bit together)."""
+    if not active():
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def data_parallel(module: torch.nn.Module):
+    """``module`` wrapped in DistributedDataParallel when processes are running together, else itself."""
+    if not active():
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    if module_device(module).type == "cuda":
+        # batch statistics over the global batch, as one process has them (SyncBatchNorm is CUDA-only;
+        # on CPU each process normalises its own slice, which is why such runs differ more)
+        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return DistributedDataParallel(module, device_ids=[module_device(module)])
+    return DistributedDataParallel(module)
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset
 from tqdm import tqdm
 
+from . import distributed
 from . import resume as resume_mod
 from .config import Config
 from .evaluate import encode_view, validation_map
@@ -47,6 +48,24 @@ class SampleSchedule:
             sample = np.unique(sample)
         self.sampled[sample] = True
         return np.sort(sample)
+
+
+class RankSlices:
+    """This process's slice of each global batch (contiguous; sizes differ by at most one). A last
+    batch smaller than the number of processes is skipped, as a slice may not be empty."""
+
+    def __init__(self, batches: BatchSampler, here: distributed.World):
+        self.batches, self.here = batches, here
+
+    def __iter__(self):
+        for batch in self.batches:
+            if self.here.size == 1:
+                yield batch
+            elif len(batch) >= self.here.size:
+                yield np.array_split(np.asarray(batch), self.here.size)[self.here.rank].tolist()
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 @dataclass
@@ -88,7 +107,8 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
     select = tc.select if (tc.select != "val" or len(split.val)) else "last"
     steps_per_epoch = math.ceil(schedule.m / tc.batch_size)
     total = tc.iterations * tc.epochs_per_iteration * steps_per_epoch
-    bar = tqdm(total=None if tc.time_budget else total, disable=not progress,
+    here = distributed.world()
+    bar = tqdm(total=None if tc.time_budget else total, disable=not progress or not here.is_main,
                desc=f"train {cfg.method_name} {tc.bits} bits", unit="step", dynamic_ncols=True)
     result = TrainResult(model_selection=select)
     best_state, best_score = None, -math.inf
@@ -108,8 +128,13 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
             sums: dict[str, float] = {}
             steps = images = 0
             for epoch in range(tc.epochs_per_iteration):
-                loader = DataLoader(Subset(train_view, sample.tolist()), batch_size=tc.batch_size,
-                                    shuffle=True, generator=loader_gen, num_workers=tc.num_workers)
+                # the same shuffled global batches in every process (same generator); each process
+                # loads its own slice of each (one process: exactly DataLoader(shuffle=True))
+                batches = RankSlices(BatchSampler(RandomSampler(range(len(sample)), generator=loader_gen),
+                                                  tc.batch_size, drop_last=False), here)
+                loader = DataLoader(Subset(train_view, sample.tolist()), batch_sampler=batches, generator=loader_gen,
+                                    num_workers=tc.num_workers, persistent_workers=False,
+                                    pin_memory=torch.device(device).type == "cuda")
                 for x, y, pos in loader:
                     terms = method.training_step(x.to(device), y.to(device), pos.to(device),
                                                  record=epoch == tc.epochs_per_iteration - 1)
@@ -126,12 +151,13 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
                     break
             record = {"iteration": it + 1, **{k: v / max(steps, 1) for k, v in sums.items()}}
             record.update(method.end_iteration())
+            images = distributed.total(images)
             train_seconds = time.perf_counter() - t0
             result.seconds += train_seconds
             result.images += images
             result.iterations = it + 1
             due = (it + 1) % tc.val_every == 0 or it + 1 == tc.iterations
-            if select in ("val", "test") and due:
+            if select in ("val", "test") and due and here.is_main:  # only the first process selects and writes
                 score = validation_map(method, inputs, split, labels, cfg.eval, device,
                                        tc.encode_batch_size, on=select, pool=val_pool if select == "val" else None)
                 record["val_map" if select == "val" else "query_map_for_selection"] = score
@@ -141,10 +167,10 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
             record["seconds"] = round(train_seconds, 3)
             record["images_per_second"] = round(images / train_seconds, 1) if train_seconds else 0.0
             result.history.append(record)
-            if state_file is not None:
+            if state_file is not None and here.is_main:
                 resume_mod.capture(state_file, it + 1, method, schedule, rng, loader_gen, result, best_state,
                                    best_score)
-            if log is not None:
+            if log is not None and here.is_main:
                 log(record)
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("loss", "val_map")})
     finally:
@@ -154,7 +180,7 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
         result.best_val_map = best_score
     else:
         result.selected_iteration = result.iterations
-    if tc.cover_all:
+    if tc.cover_all and here.is_main:
         result.filled_unsampled = fill_unsampled(method, inputs, split, schedule.sampled, device,
                                                  tc.encode_batch_size)
     return result

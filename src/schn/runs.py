@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import codes as codes_mod
+from . import distributed
 from . import resume as resume_mod
 from .config import Config, config_from_dict, dump_config, load_config
 from .data import create_dataset, load_split, make_split
@@ -92,6 +93,8 @@ class PreparedRun:
 def prepare_run(cfg: Config, progress: bool = True) -> PreparedRun:
     """Data set, split, model inputs and a fresh method for ``cfg`` (seed first for repeatability)."""
     device = resolve_device(cfg.train.device)
+    if device.type == "cuda" and device.index is None and distributed.world().size > 1:
+        device = torch.device("cuda", distributed.world().local_rank)  # torchrun: a device per process
     dataset = create_dataset(cfg.data)
     split = _split_for(cfg, dataset)
     inputs = ModelInputs(cfg.model, dataset, device, progress=progress, num_workers=cfg.train.num_workers)
@@ -108,18 +111,19 @@ def train_run(cfg: Config, progress: bool = True, echo=print, resume_dir: str | 
     ``resume_dir``: go on with that interrupted run instead (its own config and split)."""
     if resume_dir is not None:
         run_dir, cfg, history = _resumable(resume_dir)
+    here = distributed.init(cfg.train.device)  # under torchrun: one process per device, same seed
     seed_everything(cfg.run.seed)
-    run = prepare_run(cfg, progress)
+    run = prepare_run(cfg, progress and here.is_main)
     dataset, split, inputs, labels, method, device = (run.dataset, run.split, run.inputs, run.labels,
                                                       run.method, run.device)
-    log_path = run_dir / "log.jsonl" if resume_dir is not None else None
-    if resume_dir is None:
-        run_dir = new_run_dir(cfg)
-        write_text(run_dir / "config.yaml", dump_config(cfg))
-        split.save(run_dir / "split.json")
-        log_path = run_dir / "log.jsonl"
-    else:  # the log as of the saved state (a record written after it would be repeated)
-        write_text(log_path, "".join(json.dumps(record) + "\n" for record in history))
+    if resume_dir is None:  # only the first process writes; the others learn the folder's name
+        run_dir = distributed.broadcast(new_run_dir(cfg) if here.is_main else None)
+        if here.is_main:
+            write_text(run_dir / "config.yaml", dump_config(cfg))
+            split.save(run_dir / "split.json")
+    elif here.is_main:  # the log as of the saved state (a record written after it would be repeated)
+        write_text(run_dir / "log.jsonl", "".join(json.dumps(record) + "\n" for record in history))
+    log_path = run_dir / "log.jsonl"
     report = getattr(dataset, "report", None)
     if report and any(report.values()):
         echo(f"data: {', '.join(f'{k}={v}' for k, v in report.items())}")
@@ -131,6 +135,8 @@ def train_run(cfg: Config, progress: bool = True, echo=print, resume_dir: str | 
     state_file = run_dir / resume_mod.STATE_FILE
     result = train_method(cfg, method, inputs, split, labels, device, log=log, progress=progress,
                           state_file=state_file)
+    if not here.is_main:  # the first process selects, saves and evaluates
+        return run_dir, {}
     save_checkpoint(run_dir / "checkpoint.pt", cfg, method, inputs, labels.shape[1], len(split.train),
                     dataset.class_names)
     state_file.unlink(missing_ok=True)  # finished: checkpoint.pt is the run's model from now on
@@ -146,6 +152,7 @@ def train_run(cfg: Config, progress: bool = True, echo=print, resume_dir: str | 
         "best_val_map": result.best_val_map,
         "unsampled_encoded_by_network": result.filled_unsampled,
         "device": str(device),
+        "processes": here.size,
     }
     return run_dir, write_evaluation(run_dir, cfg, evaluation, extra, split, labels, dataset.class_names)
 

@@ -4,12 +4,19 @@ A method is its model, its loss and its update. The engine (``schn.engine``) own
 else: data loading, the outer loop and the sampled set, timing, logging, validation-based model
 selection, checkpoints. Positions handed to a method are *train-pool positions* ``0..n_train-1``
 (row numbers of the learned database codes), never indices into the whole data set.
+
+Under torchrun each process is handed its slice of every global batch; a method gathers the
+network outputs of the whole global batch (``schn.distributed.gather_rows``) and computes the
+loss of the whole batch, so its pairwise terms, its recorded outputs and its discrete update are
+those of one process with the same batch, and the same on every process.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import nn
+
+from .. import distributed
 
 
 class HashingMethod(nn.Module):
@@ -50,6 +57,15 @@ class HashingMethod(nn.Module):
     def set_database_codes(self, positions: torch.Tensor, codes: torch.Tensor) -> None:
         """Overwrite rows of the learned codes (used for items the loop never sampled)."""
         raise NotImplementedError
+
+    def parallel_image_net(self) -> nn.Module:
+        """``self.image_net`` as the training forward pass runs it: wrapped in
+        DistributedDataParallel under torchrun (kept outside the registered submodules, so the
+        state dict and checkpoints are the same with and without it)."""
+        wrapped = self.__dict__.get("_parallel_image_net")
+        if wrapped is None:
+            wrapped = self.__dict__["_parallel_image_net"] = distributed.data_parallel(self.image_net)
+        return wrapped
 
     def optimizer_states(self) -> dict:
         """State of every optimiser, for checkpoints."""

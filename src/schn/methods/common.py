@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import distributed
 from ..codes import to_signed
 from ..errors import SchnError
 from .base import HashingMethod
@@ -185,10 +186,14 @@ class DeepHashingMethod(HashingMethod):
         inputs = inputs.to(self.device)
         labels = labels.to(self.device).float()
         positions = torch.as_tensor(positions, device=self.device).long()
-        U = self.image_net(inputs)[1]
+        U = self.parallel_image_net()(inputs)[1]
+        # under torchrun: the whole global batch (one process: unchanged)
+        U = distributed.gather_rows(U, grad_scale=True)
+        labels, positions = distributed.gather_rows(labels), distributed.gather_rows(positions)
         terms = self.compute_losses(U, labels, positions)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
+        distributed.average_gradients(p for name, p in self.named_parameters() if not name.startswith("image_net."))
         self.optimizer.step()
         self.steps += 1
         return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
+from .. import distributed
 from ..errors import SchnError
 from .base import HashingMethod
 from .common import (ImageNet, adam, backbone_groups, check_choice, check_method_inputs, check_positive,
@@ -179,7 +180,10 @@ class SCHN(HashingMethod):
     def compute_losses(self, inputs, labels, positions) -> tuple[dict[str, torch.Tensor], dict]:
         """Forward pass and every term of ``L``; also returns the outputs (for recording)."""
         cfg = self.config
-        F_I, U_I = self.image_net(inputs)
+        F_I, U_I = self.parallel_image_net()(inputs)
+        # under torchrun: the whole global batch on every process (one process: unchanged)
+        F_I, U_I = distributed.gather_rows(F_I.detach()), distributed.gather_rows(U_I, grad_scale=True)
+        labels, positions = distributed.gather_rows(labels), distributed.gather_rows(positions)
         F_L, U_L = self.label_net(labels)
         B_b = self.B[positions]
         S_b = similarity(labels, labels)
@@ -197,7 +201,7 @@ class SCHN(HashingMethod):
             terms["loss_rec_image"] = cfg.rec_loss_weight * ((out.rec_image - target_I) ** 2).mean()
             terms["loss_rec_label"] = cfg.rec_loss_weight * ((out.rec_label - target_L) ** 2).mean()
         terms["loss"] = sum(terms.values())
-        return terms, {"image": U_I, "label": U_L, "latent": latent}
+        return terms, {"image": U_I, "label": U_L, "latent": latent, "positions": positions, "labels": labels}
 
     def _to_device(self, inputs, labels, positions):
         return (inputs.to(self.device), labels.to(self.device).float(),
@@ -211,12 +215,14 @@ class SCHN(HashingMethod):
         for opt in main:
             opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
+        distributed.average_gradients([*self.label_net.parameters(), *self.interaction.parameters()])
         for opt in main:
             opt.step()
         if record:
+            positions = outputs["positions"]
             self._recorded[positions] = True
-            for k, v in outputs.items():
-                self._rec[k][positions] = v.detach()
+            for k in ("image", "label", "latent"):
+                self._rec[k][positions] = outputs[k].detach()
         result = {k: float(v.detach()) for k, v in terms.items()}
         if self.discriminator is not None:
             result.update(self._adversarial_steps(inputs, labels))
@@ -228,6 +234,7 @@ class SCHN(HashingMethod):
         # so the image and label nets run without gradient (same values as a full pass).
         with torch.no_grad():
             F_I, U_I = self.image_net(inputs)
+            F_I, U_I, labels = (distributed.gather_rows(t) for t in (F_I, U_I, labels))
             F_L, U_L = self.label_net(labels)
         out = self.interaction(F_I, F_L, self.label_graph(labels))
         loss_disc = self._discriminator_step(U_I, U_L, out.rec_image.detach(), out.rec_label.detach())
@@ -243,6 +250,7 @@ class SCHN(HashingMethod):
         opt = self.optimizers["discriminator"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.discriminator.parameters())
         opt.step()
         return float(loss.detach())
 
@@ -253,6 +261,7 @@ class SCHN(HashingMethod):
         opt = self.optimizers["interaction"]
         opt.zero_grad(set_to_none=True)
         loss.backward()  # also fills discriminator grads; its optimiser clears them before use
+        distributed.average_gradients(self.interaction.parameters())
         opt.step()
         return float(loss.detach())
 

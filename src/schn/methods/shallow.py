@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed
 from ..errors import SchnError
 from .base import HashingMethod
 from .common import check_method_inputs
@@ -91,8 +92,11 @@ class ShallowHashingMethod(HashingMethod):
     def training_step(self, inputs, labels, positions, record) -> dict[str, float]:
         if not record:  # nothing to learn from a batch before the last epoch
             return {"recorded_items": 0.0}
-        positions = torch.as_tensor(positions).long().reshape(-1)
-        self._records.append((self.features(inputs), labels.to(self.device).float(), positions.cpu()))
+        positions = torch.as_tensor(positions, device=self.device).long().reshape(-1)
+        # under torchrun every process records the whole global batch (one process: unchanged)
+        features, labels, positions = (distributed.gather_rows(t) for t in
+                                       (self.features(inputs), labels.to(self.device).float(), positions))
+        self._records.append((features, labels, positions.cpu()))
         return {"recorded_items": float(len(positions))}
 
     def _recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
