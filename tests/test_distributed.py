@@ -9,11 +9,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import DIGITS
-from torch.utils.data import BatchSampler, SequentialSampler
 
 from schn import distributed
 from schn.cli import main
-from schn.engine import RankSlices
+from schn.engine import GlobalBatches
 
 # pixels into a linear hash layer: no batch norm, whose per-process statistics are the one thing
 # 2 CPU processes cannot share (SyncBatchNorm is CUDA-only), so the runs must agree closely
@@ -41,11 +40,18 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):
     assert m2["processes"] == 2 and abs(m1["map"] - m2["map"]) < 0.005  # measured: 0.7518 and 0.7517
 
 
-def test_rank_slices_partition_every_global_batch():
-    batches = BatchSampler(SequentialSampler(range(10)), 4, drop_last=False)
-    parts = [list(RankSlices(batches, distributed.World(rank, 3))) for rank in range(3)]
-    assert parts[0] == [[0, 1], [4, 5]] and parts[1] == [[2], [6]] and parts[2] == [[3], [7]]  # [8, 9] < 3: skipped
-    assert list(RankSlices(batches, distributed.World())) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+def test_global_batches_are_shared_and_sliced():
+    def batches(rank, size):
+        sampler = GlobalBatches(4, torch.Generator().manual_seed(0), distributed.World(rank, size))
+        sampler.sample = np.arange(100, 110)
+        return list(sampler)
+
+    whole = batches(0, 1)
+    assert [len(b) for b in whole] == [4, 4, 2] and sorted(sum(whole, [])) == list(range(100, 110))
+    parts = [batches(rank, 3) for rank in range(3)]
+    for i in range(2):  # each global batch split in order; the last (2 < 3 items) is skipped
+        assert sum((part[i] for part in parts), []) == whole[i]
+    assert all(len(part) == 2 for part in parts)
 
 
 def _gradients_on_two_processes(rank, folder, out):

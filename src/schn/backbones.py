@@ -190,9 +190,10 @@ class _FcBackbone(Backbone):
         self.avgpool = tv_model.avgpool
         self.classifier = tv_model.classifier[:-1]  # keeps indices 0..5, so key names match torchvision
         self._weights_enum, self._name = weights_enum, name
+        self.to(memory_format=torch.channels_last)  # the CNN convention of every backbone here
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.avgpool(self.features(self._rgb(x)))
+        x = self.avgpool(self.features(self._rgb(x).contiguous(memory_format=torch.channels_last)))
         return self.classifier(torch.flatten(x, 1))
 
     def imagenet_state_dict(self) -> dict:
@@ -209,9 +210,11 @@ class _ResNetBackbone(Backbone):
                 self.add_module(child, module)
         self.feature_dim = tv_model.fc.in_features
         self._weights_enum, self._name = weights_enum, name
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(self._rgb(x)))))
+        x = self._rgb(x).contiguous(memory_format=torch.channels_last)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
 

@@ -37,6 +37,7 @@ class TrainConfig:
     encode_batch_size: int = 256
     time_budget: Optional[float] = None  # seconds of training; then the current iteration is closed
     val_pool_size: Optional[int] = None  # validation retrieves from a seeded subset of the pool (None = all)
+    precision: str = "fp32"  # the training forward pass: fp32, bf16 (CPU and GPU) or fp16 (GPU, gradient scaler)
 
     def __post_init__(self) -> None:
         for name in ("bits", "iterations", "epochs_per_iteration", "batch_size", "num_samples", "val_every"):
@@ -46,6 +47,8 @@ class TrainConfig:
             raise SchnError(f"train.select must be val, last or test, got {self.select!r}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise SchnError(f"train.time_budget must be a positive number of seconds, got {self.time_budget}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise SchnError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.val_pool_size is not None and self.val_pool_size < 1:
             raise SchnError(f"train.val_pool_size must be >= 1 (or null for the whole pool), got {self.val_pool_size}")
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm import tqdm
 
 from . import distributed
 from . import resume as resume_mod
 from .config import Config
+from .precision import Precision
 from .evaluate import encode_view, validation_map
 
 
@@ -50,22 +51,27 @@ class SampleSchedule:
         return np.sort(sample)
 
 
-class RankSlices:
-    """This process's slice of each global batch (contiguous; sizes differ by at most one). A last
-    batch smaller than the number of processes is skipped, as a slice may not be empty."""
+class GlobalBatches:
+    """Batches of train-pool positions: the current sampled set ``sample`` shuffled by
+    ``generator`` into global batches (one process: exactly ``DataLoader(shuffle=True)``'s), of
+    which this process takes its slice: contiguous, sizes differing by at most one. A last batch
+    smaller than the number of processes is skipped, as a slice may not be empty."""
 
-    def __init__(self, batches: BatchSampler, here: distributed.World):
-        self.batches, self.here = batches, here
+    def __init__(self, batch_size: int, generator: torch.Generator, here: distributed.World):
+        self.batch_size, self.generator, self.here = batch_size, generator, here
+        self.sample = np.zeros(0, dtype=np.int64)
 
     def __iter__(self):
-        for batch in self.batches:
+        order = BatchSampler(RandomSampler(range(len(self.sample)), generator=self.generator), self.batch_size, False)
+        for batch in order:
+            batch = self.sample[batch]
             if self.here.size == 1:
-                yield batch
+                yield batch.tolist()
             elif len(batch) >= self.here.size:
-                yield np.array_split(np.asarray(batch), self.here.size)[self.here.rank].tolist()
+                yield np.array_split(batch, self.here.size)[self.here.rank].tolist()
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return -(-len(self.sample) // self.batch_size)
 
 
 @dataclass
@@ -99,6 +105,7 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
     written there atomically; if the file exists when training starts, the loop resumes from it
     and ends as the uninterrupted run would have (bit-identical on CPU in one process)."""
     tc = cfg.train
+    method.precision = Precision(tc.precision, device)
     rng = np.random.default_rng(cfg.run.seed)
     loader_gen = torch.Generator().manual_seed(cfg.run.seed)
     n_train = len(split.train)
@@ -113,6 +120,12 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
     result = TrainResult(model_selection=select)
     best_state, best_score = None, -math.inf
     val_pool = validation_pool(split.train, tc.val_pool_size, cfg.run.seed)
+    # One loader for the whole run, so that worker processes (num_workers > 0) decode and augment
+    # beside training and persist across epochs and iterations; the batches follow the current
+    # sampled set. Every process draws the same shuffled global batches and loads its slice.
+    batches = GlobalBatches(tc.batch_size, loader_gen, here)
+    loader = DataLoader(train_view, batch_sampler=batches, generator=loader_gen, num_workers=tc.num_workers,
+                        persistent_workers=tc.num_workers > 0, pin_memory=torch.device(device).type == "cuda")
     start = 0
     if state_file is not None and Path(state_file).is_file():
         start, best_state, best_score = resume_mod.restore(state_file, method, schedule, rng, loader_gen, result)
@@ -127,14 +140,8 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
             method.begin_iteration(it, sample)
             sums: dict[str, float] = {}
             steps = images = 0
+            batches.sample = sample
             for epoch in range(tc.epochs_per_iteration):
-                # the same shuffled global batches in every process (same generator); each process
-                # loads its own slice of each (one process: exactly DataLoader(shuffle=True))
-                batches = RankSlices(BatchSampler(RandomSampler(range(len(sample)), generator=loader_gen),
-                                                  tc.batch_size, drop_last=False), here)
-                loader = DataLoader(Subset(train_view, sample.tolist()), batch_sampler=batches, generator=loader_gen,
-                                    num_workers=tc.num_workers, persistent_workers=False,
-                                    pin_memory=torch.device(device).type == "cuda")
                 for x, y, pos in loader:
                     terms = method.training_step(x.to(device), y.to(device), pos.to(device),
                                                  record=epoch == tc.epochs_per_iteration - 1)

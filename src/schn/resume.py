@@ -27,6 +27,7 @@ def capture(path, iterations_done: int, method, schedule, rng, loader_gen, resul
     state = {
         "format": FORMAT, "iterations_done": iterations_done,
         "method": method.state_dict(), "optimizers": method.optimizer_states(),
+        "precision": method.precision.state_dict(),
         "schedule": {"queue": schedule._queue.copy(), "sampled": schedule.sampled.copy()},
         "rng": rng.bit_generator.state, "loader_gen": loader_gen.get_state(),
         "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
@@ -47,6 +48,7 @@ def restore(path, method, schedule, rng, loader_gen, result) -> tuple[int, dict 
         raise SchnError(f"{path} is not a schn resume state (format {FORMAT})")
     method.load_state_dict(state["method"])
     method.load_optimizer_states(state["optimizers"])
+    method.precision.load_state_dict(state["precision"])
     schedule._queue, schedule.sampled = state["schedule"]["queue"], state["schedule"]["sampled"]
     rng.bit_generator.state = state["rng"]
     loader_gen.set_state(state["loader_gen"])

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import distributed
+from ..precision import FP32, Precision
 
 
 class HashingMethod(nn.Module):
@@ -27,6 +28,8 @@ class HashingMethod(nn.Module):
     # back-propagation, database encoded by it; "asymmetric": deep, plus learned database codes.
     # The benchmark picks each method's schedule from it (schn.benchmark).
     family: str = "deep"
+    # how the training forward pass runs (set by the engine from train.precision)
+    precision: Precision = FP32
 
     def begin_iteration(self, iteration: int, sample: np.ndarray) -> None:
         """Called before the epochs of outer iteration ``iteration`` on sampled positions ``sample``."""

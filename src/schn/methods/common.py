@@ -186,15 +186,17 @@ class DeepHashingMethod(HashingMethod):
         inputs = inputs.to(self.device)
         labels = labels.to(self.device).float()
         positions = torch.as_tensor(positions, device=self.device).long()
-        U = self.parallel_image_net()(inputs)[1]
-        # under torchrun: the whole global batch (one process: unchanged)
-        U = distributed.gather_rows(U, grad_scale=True)
+        with self.precision.autocast():
+            U = self.parallel_image_net()(inputs)[1]
+        # under torchrun: the whole global batch (one process: unchanged); losses in fp32
+        U = distributed.gather_rows(U.float(), grad_scale=True)
         labels, positions = distributed.gather_rows(labels), distributed.gather_rows(positions)
         terms = self.compute_losses(U, labels, positions)
         self.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        self.precision.backward(terms["loss"])
         distributed.average_gradients(p for name, p in self.named_parameters() if not name.startswith("image_net."))
-        self.optimizer.step()
+        self.precision.step(self.optimizer)
+        self.precision.update()
         self.steps += 1
         return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
 

@@ -180,9 +180,10 @@ class SCHN(HashingMethod):
     def compute_losses(self, inputs, labels, positions) -> tuple[dict[str, torch.Tensor], dict]:
         """Forward pass and every term of ``L``; also returns the outputs (for recording)."""
         cfg = self.config
-        F_I, U_I = self.parallel_image_net()(inputs)
-        # under torchrun: the whole global batch on every process (one process: unchanged)
-        F_I, U_I = distributed.gather_rows(F_I.detach()), distributed.gather_rows(U_I, grad_scale=True)
+        with self.precision.autocast():
+            F_I, U_I = self.parallel_image_net()(inputs)
+        # under torchrun: the whole global batch on every process (one process: unchanged); fp32 losses
+        F_I, U_I = distributed.gather_rows(F_I.detach().float()), distributed.gather_rows(U_I.float(), grad_scale=True)
         labels, positions = distributed.gather_rows(labels), distributed.gather_rows(positions)
         F_L, U_L = self.label_net(labels)
         B_b = self.B[positions]
@@ -214,10 +215,11 @@ class SCHN(HashingMethod):
         main = [self.optimizers[k] for k in ("image", "label", "interaction")]
         for opt in main:
             opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        self.precision.backward(terms["loss"])
         distributed.average_gradients([*self.label_net.parameters(), *self.interaction.parameters()])
         for opt in main:
-            opt.step()
+            self.precision.step(opt)
+        self.precision.update()
         if record:
             positions = outputs["positions"]
             self._recorded[positions] = True
@@ -233,8 +235,9 @@ class SCHN(HashingMethod):
         # Fresh pass after the step on L. Only the interaction module is updated from here on,
         # so the image and label nets run without gradient (same values as a full pass).
         with torch.no_grad():
-            F_I, U_I = self.image_net(inputs)
-            F_I, U_I, labels = (distributed.gather_rows(t) for t in (F_I, U_I, labels))
+            with self.precision.autocast():
+                F_I, U_I = self.image_net(inputs)
+            F_I, U_I, labels = (distributed.gather_rows(t) for t in (F_I.float(), U_I.float(), labels))
             F_L, U_L = self.label_net(labels)
         out = self.interaction(F_I, F_L, self.label_graph(labels))
         loss_disc = self._discriminator_step(U_I, U_L, out.rec_image.detach(), out.rec_label.detach())
