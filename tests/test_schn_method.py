@@ -249,3 +249,20 @@ def test_ablation_weights_scale_terms_and_skip_the_interaction_module():
     assert set(terms) == {"loss_image", "loss_label", "loss"}
     assert lean.end_iteration()["codes_updated"] == 8
     assert make("tomm", latent_loss_weight=0.0, rec_loss_weight=0.0, beta=0.0)[0].uses_interaction()
+
+
+def _train_tomm(adversarial_pass):
+    method, x, y = make("tomm", adversarial_pass=adversarial_pass)
+    method.begin_iteration(0, torch.arange(N).numpy())
+    for epoch in range(2):
+        for batch in (torch.arange(0, 12), torch.arange(12, N)):
+            method.training_step(x[batch], y[batch], batch, record=epoch == 1)
+    method.end_iteration()
+    return method
+
+
+def test_the_authors_full_second_pass_gives_the_same_training_as_the_fresh_one():
+    fresh, full, reuse = (_train_tomm(mode) for mode in ("fresh", "full", "reuse"))
+    state = fresh.state_dict()
+    assert all(torch.equal(state[k], full.state_dict()[k]) for k in state)  # the same values, more work
+    assert not all(torch.equal(state[k], reuse.state_dict()[k]) for k in state)  # pre-step outputs: not equal

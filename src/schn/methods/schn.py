@@ -77,6 +77,10 @@ class SCHNConfig:
     label_loss_weight: float = 1.0
     latent_loss_weight: float = 1.0
     rec_loss_weight: float = 1.0
+    # tomm: the inputs of the adversarial steps. "fresh" (method.md): a second forward pass of the
+    # image and label nets after the step on L, without gradient; "full": the same values with
+    # gradient, as the authors' code runs it; "reuse": the step's own outputs (no second pass)
+    adversarial_pass: str = "fresh"
 
     def __post_init__(self):
         self.validate()
@@ -85,7 +89,7 @@ class SCHNConfig:
         choices = {
             "variant": VARIANT_CHOICES, "init_codes": INIT_CODES_CHOICES,
             "latent_activation": LATENT_ACTIVATION_CHOICES, "sign_zero": SIGN_ZERO_CHOICES,
-            "graph_norm": GRAPH_NORM_CHOICES,
+            "graph_norm": GRAPH_NORM_CHOICES, "adversarial_pass": ("fresh", "full", "reuse"),
         }
         for name, allowed in choices.items():
             check_choice(self, name, allowed)
@@ -202,7 +206,8 @@ class SCHN(HashingMethod):
             terms["loss_rec_image"] = cfg.rec_loss_weight * ((out.rec_image - target_I) ** 2).mean()
             terms["loss_rec_label"] = cfg.rec_loss_weight * ((out.rec_label - target_L) ** 2).mean()
         terms["loss"] = sum(terms.values())
-        return terms, {"image": U_I, "label": U_L, "latent": latent, "positions": positions, "labels": labels}
+        return terms, {"image": U_I, "label": U_L, "latent": latent, "positions": positions, "labels": labels,
+                       "F_I": F_I, "F_L": F_L}
 
     def _to_device(self, inputs, labels, positions):
         return (inputs.to(self.device), labels.to(self.device).float(),
@@ -227,20 +232,28 @@ class SCHN(HashingMethod):
                 self._rec[k][positions] = outputs[k].detach()
         result = {k: float(v.detach()) for k, v in terms.items()}
         if self.discriminator is not None:
-            result.update(self._adversarial_steps(inputs, labels))
+            first = outputs if self.config.adversarial_pass == "reuse" else None
+            result.update(self._adversarial_steps(inputs, labels, first))
         return result
 
     # ----- journal variant -----
-    def _adversarial_steps(self, inputs, labels) -> dict[str, float]:
-        # Fresh pass after the step on L. Only the interaction module is updated from here on,
-        # so the image and label nets run without gradient (same values as a full pass).
-        with torch.no_grad():
-            with self.precision.autocast():
-                F_I, U_I = self.image_net(inputs)
-            F_I, U_I, labels = (distributed.gather_rows(t) for t in (F_I.float(), U_I.float(), labels))
-            F_L, U_L = self.label_net(labels)
+    def _adversarial_steps(self, inputs, labels, first: dict | None = None) -> dict[str, float]:
+        # method.md: a fresh pass after the step on L. Only the interaction module is updated from
+        # here on, so the image and label nets run without gradient (same values as a full pass).
+        # adversarial_pass="reuse" takes the step's own (pre-step) outputs instead: no second pass.
+        # adversarial_pass="full" re-creates the authors' step: the second pass with gradient, and the
+        # generator's backward through the image and label nets (whose gradients the next step clears)
+        if first is not None:
+            F_I, U_I, F_L, U_L, labels = (first[k].detach() for k in ("F_I", "image", "F_L", "label", "labels"))
+        else:
+            with torch.set_grad_enabled(self.config.adversarial_pass == "full"):
+                with self.precision.autocast():
+                    F_I, U_I = self.image_net(inputs)
+                F_I, U_I, labels = (distributed.gather_rows(t) for t in (F_I.float(), U_I.float(), labels))
+                F_L, U_L = self.label_net(labels)
         out = self.interaction(F_I, F_L, self.label_graph(labels))
-        loss_disc = self._discriminator_step(U_I, U_L, out.rec_image.detach(), out.rec_label.detach())
+        loss_disc = self._discriminator_step(U_I.detach(), U_L.detach(), out.rec_image.detach(),
+                                             out.rec_label.detach())
         loss_gen = self._generator_step(out.rec_image, out.rec_label)
         return {"loss_disc": loss_disc, "loss_gen": loss_gen}
 
