@@ -96,6 +96,18 @@ def gather_rows(t: torch.Tensor, grad_scale: bool = False) -> torch.Tensor:
     return torch.cat([own if i == rank else parts[i][:int(counts[i].item())] for i in range(size)])
 
 
+def check_same(t: torch.Tensor, what: str) -> None:
+    """Fail loudly if ``t`` differs between processes (compared by the first process's copy)."""
+    if not active():
+        return
+    reference = t.detach().clone()
+    dist.broadcast(reference, src=0)
+    if not torch.equal(reference, t.detach()):
+        from .errors import SchnError
+
+        raise SchnError(f"{what} differ between the processes; data-parallel training lost its consistency")
+
+
 def average_gradients(parameters) -> None:
     """Average the gradients of ``parameters`` over the processes (those computed on the whole
     gathered batch are equal everywhere already; this keeps the replicas bit-for-bit together)."""
