@@ -42,6 +42,23 @@ def idx(stored_index, tmp_path):
 
 
 @contextmanager
+def child_process(args, **popen):
+    """``subprocess.Popen(args)``, killed (SIGKILL) if it still runs when the block ends."""
+    import subprocess
+
+    proc = subprocess.Popen(args, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@contextmanager
 def serving(app):
     """An ASGI app served by uvicorn on a free loopback port in a thread; yields its base URL."""
     import uvicorn

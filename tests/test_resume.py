@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import DIGITS
+from conftest import DIGITS, child_process
 
 from schn.cli import main
 from schn.methods import METHODS, list_methods
@@ -31,10 +31,9 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path, capsys):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert not (whole / "resume.pt").exists()  # a finished run keeps only its checkpoint
 
-    child = subprocess.Popen([sys.executable, "-m", "schn", "train", "--config", DIGITS, *SETTINGS,
-                              "--set", f"run.out_dir={tmp_path}", "--set", "run.name=broken", "--quiet"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    command = [sys.executable, "-m", "schn", "train", "--config", DIGITS, *SETTINGS, "--set", f"run.out_dir={tmp_path}",
+               "--set", "run.name=broken", "--quiet"]
+    with child_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as child:
         deadline = time.monotonic() + 120
         while True:
             assert child.poll() is None, child.stderr.read().decode()
@@ -44,11 +43,6 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path, capsys):
             assert time.monotonic() < deadline, "training did not reach its second iteration in 120 s"
             time.sleep(0.05)
         os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.stderr.close()
     assert not (broken / "checkpoint.pt").exists(), "the run finished before it was killed"
 
     capsys.readouterr()

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx2 as httpx
 import numpy as np
-from conftest import serving
+from conftest import child_process, serving
 from PIL import Image
 
 from schn.index import HammingIndex
@@ -94,10 +94,9 @@ def test_an_acknowledged_add_survives_kill_9(idx):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "schn", "serve", str(idx), "--port", str(port),
-                               "--api-key", "k"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [sys.executable, "-m", "schn", "serve", str(idx), "--port", str(port), "--api-key", "k"]
     url = f"http://127.0.0.1:{port}"
-    try:
+    with child_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as server:
         deadline = time.monotonic() + 60
         while True:
             assert server.poll() is None, server.stdout.read()
@@ -113,11 +112,6 @@ def test_an_acknowledged_add_survives_kill_9(idx):
                            headers={"X-API-Key": "k"}, timeout=30)
         assert added.status_code == 201, added.text
         os.kill(server.pid, signal.SIGKILL)
-        server.wait(timeout=10)
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.stdout.close()
     index = HammingIndex.open(idx)  # checksums verified
     assert "kept" in index and (idx / index.items(["kept"])[0]["path"]).read_bytes() == data
 

@@ -41,6 +41,22 @@ def write_json(path: str | Path, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def read_torch(path: str | Path, fmt: str, kind: str, remedy: str) -> dict:
+    """A dict saved by ``torch.save`` whose ``format`` is ``fmt``; a damaged or foreign file ends
+    in one line naming ``kind`` (``checkpoint``) and what to do (``remedy``)."""
+    import torch
+
+    from .errors import SchnError
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise SchnError(f"cannot read {path} ({type(exc).__name__}); the {kind} is damaged, {remedy}") from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise SchnError(f"{path} is not a schn {kind} (format {fmt})")
+    return obj
+
+
 def fsync_dir(path: str | Path) -> None:
     """Make a folder's entries (a rename into it) durable."""
     fd = os.open(path, os.O_RDONLY)

@@ -16,8 +16,7 @@ import random
 import numpy as np
 import torch
 
-from .errors import SchnError
-from .fileio import atomic_path
+from .fileio import atomic_path, read_torch
 
 FORMAT = "schn-resume-1"
 STATE_FILE = "resume.pt"
@@ -40,12 +39,7 @@ def capture(path, iterations_done: int, method, schedule, rng, loader_gen, resul
 
 def restore(path, method, schedule, rng, loader_gen, result) -> tuple[int, dict | None, float]:
     """Load ``path`` into the loop's objects; returns (iterations done, best state, best score)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise SchnError(f"cannot read {path} ({type(exc).__name__}); it is damaged, train the run again") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise SchnError(f"{path} is not a schn resume state (format {FORMAT})")
+    state = read_torch(path, FORMAT, "resume state", "train the run again")
     method.load_state_dict(state["method"])
     method.load_optimizer_states(state["optimizers"])
     method.precision.load_state_dict(state["precision"])

@@ -27,7 +27,7 @@ from .data import create_dataset, load_split, make_split
 from .engine import seed_everything, train_method
 from .errors import SchnError
 from .evaluate import evaluate_method
-from .fileio import atomic_path, write_json, write_text
+from .fileio import atomic_path, read_torch, write_json, write_text
 from .inputs import ModelInputs, backbone_for, resolve_device
 from .methods import create_method
 
@@ -169,7 +169,7 @@ def _resumable(run_dir) -> tuple[Path, Config, list]:
         raise SchnError(f"run {run_dir} stopped before its first outer iteration ended (no {resume_mod.STATE_FILE}); "
                         "train it again")
     cfg = load_config(run_dir / "config.yaml", [f"split.file={run_dir / 'split.json'}"])
-    history = torch.load(state, map_location="cpu", weights_only=False)["result"]["history"]
+    history = read_torch(state, resume_mod.FORMAT, "resume state", "train the run again")["result"]["history"]
     return run_dir, cfg, history
 
 
@@ -213,12 +213,7 @@ def open_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
         raise SchnError(f"run folder {run_dir} does not exist; pass a folder written by `schn train`")
     if not ckpt_path.is_file():
         raise SchnError(f"{run_dir} has no checkpoint.pt; pass a finished run folder written by `schn train`")
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise SchnError(f"cannot read {ckpt_path} ({type(exc).__name__}); the checkpoint is damaged, retrain the run") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise SchnError(f"{ckpt_path} is not a schn checkpoint (format {CHECKPOINT_FORMAT})")
+    ckpt = read_torch(ckpt_path, CHECKPOINT_FORMAT, "checkpoint", "retrain the run")
     cfg = config_from_dict(ckpt["config"])
     dev = resolve_device(device or cfg.train.device)
 
