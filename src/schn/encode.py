@@ -94,11 +94,6 @@ class ImageEncoder:
         return codes_mod.pack(signed)
 
 
-def encode_files(run, files: list[Path], batch_size: int = 256, progress: bool = True) -> np.ndarray:
-    """``sign(U_I(x))`` of image files by a loaded run's network, as packed codes."""
-    return ImageEncoder(run).encode(files, batch_size, progress)
-
-
 def encode_images(run_dir, paths, out_path, device: str | None = None, batch_size: int = 256,
                   progress: bool = True, chunk_size: int = CHUNK_SIZE, workers: int = 0) -> tuple[int, Path, float]:
     """Encode image files into ``out_path`` (.npz: codes, ids, bits, bit_order), streaming.
@@ -143,7 +138,6 @@ def encode_images(run_dir, paths, out_path, device: str | None = None, batch_siz
     distributed.barrier()
     distributed.finish()
     return len(files), out_path, done / seconds if seconds > 0 else 0.0
-
 
 
 def _chunk_name(c: int) -> str:
