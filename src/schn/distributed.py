@@ -34,7 +34,7 @@ def init(device: str | None = None) -> World:
     processes use CUDA, gloo otherwise. Returns this process's :class:`World`."""
     here = world()
     if here.size > 1 and not dist.is_initialized():
-        cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+        cuda = torch.cuda.is_available() and (device in (None, "auto") or str(device).startswith("cuda"))
         if cuda:
             torch.cuda.set_device(here.local_rank)
         dist.init_process_group("nccl" if cuda else "gloo")
@@ -49,7 +49,8 @@ def barrier() -> None:
 def total(count: int) -> int:
     """The sum of ``count`` over all processes."""
     if dist.is_available() and dist.is_initialized():
-        value = torch.tensor([count], dtype=torch.int64)
+        on = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors only
+        value = torch.tensor([count], dtype=torch.int64, device=on)
         dist.all_reduce(value)
         return int(value.item())
     return count
