@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import DIGITS
+from conftest import DIGITS, free_port
 
 from schn import distributed
 from schn.cli import main
@@ -43,11 +43,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):
 
 def test_two_nodes_on_loopback_train_as_one_process_per_node(tmp_path):
     """Multi-node torchrun: two launchers (node ranks 0 and 1) meeting at 127.0.0.1."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     torchrun = Path(sys.executable).parent / "torchrun"
     nodes = [subprocess.Popen([str(torchrun), "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
                                "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "schn", "train",

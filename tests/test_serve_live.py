@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx2 as httpx
 import numpy as np
-from conftest import child_process, serving
+from conftest import child_process, free_port, serving
 from PIL import Image
 
 from schn.index import HammingIndex
@@ -91,9 +91,7 @@ def test_search_and_body_timeouts(idx, monkeypatch):
 
 def test_an_acknowledged_add_survives_kill_9(idx):
     """The real command: `schn serve`, an add, then SIGKILL; the item and its image are on disk."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "schn", "serve", str(idx), "--port", str(port), "--api-key", "k"]
     url = f"http://127.0.0.1:{port}"
     with child_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as server:

@@ -43,12 +43,9 @@ def cmd_train(args) -> int:
         if args.set:
             raise SchnError("--resume continues a run with its own config; --set cannot change it")
         run_dir, metrics = train_run(None, progress=not args.quiet, resume_dir=args.resume)
-        if metrics:
-            _print_metrics(run_dir, metrics)
-        distributed.finish()
-        return 0
-    cfg = load_config(args.config, args.set)
-    run_dir, metrics = train_run(cfg, progress=not args.quiet and cfg.run.progress)
+    else:
+        cfg = load_config(args.config, args.set)
+        run_dir, metrics = train_run(cfg, progress=not args.quiet and cfg.run.progress)
     if metrics:  # under torchrun, the first process reports
         _print_metrics(run_dir, metrics)
     distributed.finish()
@@ -64,14 +61,13 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_encode(args) -> int:
+    from .distributed import world
     from .encode import encode_images
 
     n, out, rate = encode_images(args.run, args.paths, args.output, device=args.device, progress=not args.quiet,
                                  batch_size=args.batch_size, workers=args.workers,
                                  **({"chunk_size": args.chunk_size} if args.chunk_size else {}))
-    from .distributed import world
-
-    if world().is_main:
+    if world().is_main:  # under torchrun, the first process reports
         print(f"wrote {n:,} codes to {out} ({rate:,.0f} images/s)")
     return 0
 

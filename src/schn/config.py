@@ -20,6 +20,7 @@ from .backbones import ModelConfig
 from .data.config import DataConfig, SplitConfig
 from .errors import SchnError
 from .metrics import EvalConfig
+from .precision import KINDS as PRECISIONS
 
 
 @dataclass
@@ -47,8 +48,8 @@ class TrainConfig:
             raise SchnError(f"train.select must be val, last or test, got {self.select!r}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise SchnError(f"train.time_budget must be a positive number of seconds, got {self.time_budget}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise SchnError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise SchnError(f"train.precision must be {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.val_pool_size is not None and self.val_pool_size < 1:
             raise SchnError(f"train.val_pool_size must be >= 1 (or null for the whole pool), got {self.val_pool_size}")
 

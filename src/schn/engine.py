@@ -21,8 +21,8 @@ from tqdm import tqdm
 from . import distributed
 from . import resume as resume_mod
 from .config import Config
-from .precision import Precision
 from .evaluate import encode_view, validation_map
+from .precision import Precision
 
 
 class SampleSchedule:
@@ -158,8 +158,9 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
                     break
             record = {"iteration": it + 1, **{k: v / max(steps, 1) for k, v in sums.items()}}
             record.update(method.end_iteration())
-            if method.database_codes() is not None:  # the update ran on the same records everywhere
-                distributed.check_same(method.database_codes(), "the database codes after the discrete update")
+            codes = method.database_codes() if distributed.active() else None
+            if codes is not None:  # the update ran on the same records everywhere
+                distributed.check_same(codes, "the database codes after the discrete update")
             images = distributed.total(images)
             train_seconds = time.perf_counter() - t0
             result.seconds += train_seconds

@@ -80,7 +80,7 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
         for rank, (item_id, dist, row) in enumerate(zip(found_ids, distances, rows)):
             path = index.source_path(int(row))
             out.append({"rank": rank + 1, "id": item_id, "distance": int(dist), "label": index.label_text(int(row)),
-                        "image_url": image_url(item_id) if path.startswith(STORE + "/") else None})
+                        "image_url": stored_image_url(item_id, path)})
         return out
 
     limiter = []  # created on first use, inside the event loop
@@ -212,7 +212,7 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
         row = service.row_of(index, item)
         path = index.source_path(row)
         return {"id": item, "label": index.label_text(row), "code": hex_code(index, row),
-                "image_url": image_url(item) if path.startswith(STORE + "/") else None}
+                "image_url": stored_image_url(item, path)}
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -234,6 +234,11 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
 
 def image_url(item_id) -> str:
     return f"/items/{quote(str(item_id), safe='')}/image"
+
+
+def stored_image_url(item_id, path: str) -> str | None:
+    """The image link of an item whose path is ``path``: only images in the index's store are served."""
+    return image_url(item_id) if path.startswith(STORE + "/") else None
 
 
 def _json_id(body: bytes):
