@@ -212,9 +212,9 @@ def log_tail(path: Path, chars: int = 3000) -> str:
         return ""
 
 
-def start_service(idx: str, port: int, log_path: Path) -> tuple[subprocess.Popen, float]:
+def start_service(idx: str, port: int, log_path: Path, extra: list[str] = ()) -> tuple[subprocess.Popen, float]:
     """Start ``schn serve`` and wait until GET /health answers 200; (process, startup seconds)."""
-    cmd = [SCHN, "serve", idx, "--host", HOST, "--port", str(port)]
+    cmd = [SCHN, "serve", idx, "--host", HOST, "--port", str(port), *extra]
     print("serve:", " ".join(cmd), flush=True)
     log = open(log_path, "w")
     start = time.perf_counter()
@@ -614,6 +614,7 @@ def main() -> int:
     p.add_argument("--searches", type=int, default=10_000, help="searches by id (and GET /health requests)")
     p.add_argument("--uploads", type=int, default=2_000, help="searches by image upload")
     p.add_argument("--adds", type=int, default=20, help="images added one at a time, then deleted")
+    p.add_argument("--worker-threads", type=int, default=None, help="passed to schn serve (default: its own)")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--work", default="benchmarks/.work/serve_load", help="work folder (reused when the size matches)")
     p.add_argument("--deadline", type=float, default=1800.0, help="seconds from the start after which unanswered "
@@ -652,8 +653,10 @@ def main() -> int:
 
     proc, res = None, dict(facts=facts, setup=setup)
     try:
-        proc, startup_s = start_service(idx, free_port(), work / "serve.log")
-        base = f"http://{HOST}:{proc.args[-1]}"
+        extra = ["--worker-threads", str(args.worker_threads)] if args.worker_threads else []
+        port = free_port()
+        proc, startup_s = start_service(idx, port, work / "serve.log", extra)
+        base = f"http://{HOST}:{port}"
         res["startup_s"] = round(startup_s, 2)
         res["memory_startup"] = process_tree_kib(proc.pid)
         print(f"service up in {startup_s:.1f} s at {base}, {res['memory_startup']['rss_mib']:,} MiB resident",
