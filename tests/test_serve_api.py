@@ -276,3 +276,89 @@ def test_serve_refuses_a_milvus_location(tmp_path):
 
     with pytest.raises(SchnError, match="local index folder"):
         create_app(tmp_path / "codes.db")
+
+
+def multipart(parts, boundary=b"zz") -> bytes:
+    """A multipart body from (field name, file name or None, bytes) parts, written by hand so
+    that it can be wrong."""
+    out = b""
+    for name, filename, data in parts:
+        disposition = b'form-data; name="' + name + b'"' + (b'; filename="' + filename + b'"' if filename else b"")
+        out += b"--" + boundary + b"\r\nContent-Disposition: " + disposition + b"\r\n\r\n" + data + b"\r\n"
+    return out + b"--" + boundary + b"--\r\n"
+
+
+def test_hostile_bodies_get_4xx(client):
+    """Issue 12, defect 4: deep JSON was a 500 (RecursionError); so were 5,000-digit numbers and
+    lone surrogates. Every one of these is a 4xx JSON error."""
+    deep = b"[" * 10_000 + b"]" * 10_000
+    good = png(np.eye(8) * 255)
+    json_bodies = [deep, b'{"id": ' + deep + b"}", b'{"id": {"a": ' * 5000 + b"1" + b"}" * 5001,
+                   b'{"id": 1' + b"0" * 5000 + b"}", b'{"id": 1e999}', b'{"id": -1e999}', b'{"id": NaN}',
+                   b'{"id": "\xff\xfe"}', b"\xef\xbb\xbf{}", b'{"id": "\\ud800"}', b'{"id": "a\\u0000"}',
+                   b'{"id": 99999999999999999999999999}', b'{"id": true}', b'{"id": null}', b"\xff" * 100]
+    for body in json_bodies:
+        response = client.post("/search", content=body, headers={"content-type": "application/json"})
+        assert 400 <= response.status_code < 500, (body[:30], response.text)
+        error(response, response.status_code)
+    image = [(b"image", b"a.png", good)]
+    items = [(b"images", b"a.png", good), (b"ids", None, b"\xff\xfe"), (b"labels", None, b"\xc3")]
+    multiparts = [(multipart(image, b"zz"), "multipart/form-data; boundary=yy"),  # another boundary
+                  (multipart(image), "multipart/form-data"),  # none declared
+                  (multipart(image), "multipart/form-data; boundary="),
+                  (multipart(image), 'multipart/form-data; boundary="'),
+                  (multipart(image)[:-10], "multipart/form-data; boundary=zz"),  # cut short
+                  (multipart(image).replace(b"\r\n", b"\n"), "multipart/form-data; boundary=zz"),
+                  (multipart([(b"image", b"\xff\xfe.png", good)]), "multipart/form-data; boundary=zz"),
+                  (multipart([(b"\xff", b"a.png", good)]), "multipart/form-data; boundary=zz"),
+                  (multipart(items), "multipart/form-data; boundary=zz"),
+                  (b"--zz\r\n" * 20_000, "multipart/form-data; boundary=zz")]
+    for body, kind in multiparts:
+        for path in ("/search", "/items"):
+            response = client.post(path, content=body, headers={"content-type": kind, "x-api-key": KEY})
+            assert response.status_code < 500, (path, kind, body[:60], response.text)  # odd names are fine
+            if response.status_code >= 400:
+                error(response, response.status_code)
+    for path in ("/items/" + "9" * 5000, "/items/%ed%a0%80", "/items/%ff/image", "/search?k=" + "9" * 5000,
+                 "/search?radius=" + "9" * 5000, "/search?k=1e3", "/search?%ff=%fe&k=%00"):
+        method = "POST" if path.startswith("/search") else "GET"
+        response = client.request(method, path, json={"id": "no-such"})
+        assert 400 <= response.status_code < 500, (path, response.text)
+    big = client.post("/search", content=b"{}", headers={"content-type": "application/json",
+                                                        "content-length": "9" * 5000})
+    assert "limit" in error(big, 413)
+
+
+GET_ROUTES = ["/health", "/stats", "/items/0", "/items/0/image", "/", "/docs", "/openapi.json",
+              "/docs-assets/swagger-ui.css", "/static/app.js"]
+
+
+def test_head_on_every_get_route(client):
+    """Issue 12, defect 13: HEAD on the GET routes was a 405. It answers GET's status and headers, no body."""
+    for path in GET_ROUTES:
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code == 200, (path, head.text)
+        assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"], path
+    missing = client.head("/items/no-such")
+    assert missing.status_code == 404 and missing.content == b"" and missing.headers["content-type"] == "application/json"
+    assert client.put("/health").headers["allow"] == "GET, HEAD"
+    assert all("head" not in ops for ops in client.get("/openapi.json").json()["paths"].values())
+
+
+def test_every_response_has_security_headers(client):
+    """Issue 12, defect 13: JSON answers and /docs had no nosniff and no Content-Security-Policy."""
+    responses = {path: client.get(path) for path in GET_ROUTES + ["/nowhere", "/items/no-such"]}
+    responses["POST /search"] = client.post("/search", json={"id": "0"})
+    responses["POST /search (bad)"] = client.post("/search", content=b"[" * 10_000, headers={"content-type":
+                                                                                             "application/json"})
+    for name, response in responses.items():
+        assert response.headers["x-content-type-options"] == "nosniff", name
+        policy = response.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy, name
+    assert responses["/items/0"].headers["content-security-policy"].startswith("default-src 'none'")
+    docs = responses["/docs"]
+    # Swagger UI runs from this service's own files, with no inline script allowed
+    assert "script-src" not in docs.headers["content-security-policy"] and "default-src 'self'" in docs.headers[
+        "content-security-policy"]
+    assert "<script>" not in docs.text and '/static/docs.js' in docs.text
+    assert client.get("/static/docs.js").status_code == 200

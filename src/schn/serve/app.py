@@ -20,7 +20,6 @@ import anyio
 import swagger_ui
 from fastapi import FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
@@ -30,7 +29,7 @@ from starlette.exceptions import HTTPException
 from ..errors import SchnError
 from ..index.images import MEDIA_TYPES, STORE
 from . import schemas
-from .guard import RequestGuard, RequestStats
+from .guard import SECURITY_HEADERS, RequestGuard, RequestStats
 from .service import Conflict, ItemNotFound, NoEncoder, SearchService, hex_code
 from .uploads import BadUpload, decode_upload
 
@@ -39,6 +38,11 @@ STATIC = Path(__file__).parent / "static"
 API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed by POST /items and DELETE /items "
                        "when the service was started with --api-key")
 log = logging.getLogger("schn.serve")
+# The pages load only this service's own files; Swagger UI styles its elements inline (style-src),
+# and its start script is a file of ours (static/docs.js), so no inline script runs anywhere
+PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; frame-ancestors 'none'; base-uri 'none'"
+DOCS_CSP = ("default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; "
+            "base-uri 'none'")
 
 
 @dataclass
@@ -66,6 +70,15 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
     app.state.service, app.state.stats, app.state.limits = service, stats, limits
     app.add_middleware(RequestGuard, stats=stats, max_body=limits.max_request_bytes, body_timeout=limits.body_timeout)
     _add_error_handlers(app)
+
+    def get(path: str, **options):
+        """A GET route that answers HEAD too (the same headers, no body; HEAD left out of the schema)."""
+        def register(fn):
+            routed = app.get(path, **options)(fn)
+            app.add_api_route(path, fn, methods=["HEAD"], include_in_schema=False,
+                              **{k: v for k, v in options.items() if k == "response_model"})
+            return routed
+        return register
 
     def check_key(given: str | None) -> None:
         if api_key is None:
@@ -96,12 +109,12 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
         except asyncio.TimeoutError:
             raise HTTPException(503, f"the search took longer than {timeout:g} s; try a smaller k or radius") from None
 
-    @app.get("/health", response_model=schemas.Health)
+    @get("/health", response_model=schemas.Health)
     def health():
         index = service.index
         return {"status": "ok", "items": len(index), "bits": index.bits}
 
-    @app.get("/stats", response_model=schemas.Stats)
+    @get("/stats", response_model=schemas.Stats)
     def get_stats():
         return {**service.describe(), "uptime_s": round(time.time() - stats.started, 3),
                 "requests": stats.summary()}
@@ -193,7 +206,7 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
         await in_thread(lambda: service.delete(item))
         return {"deleted": item, "items": len(service.index)}
 
-    @app.get("/items/{item_id:path}/image", responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}},
+    @get("/items/{item_id:path}/image", responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}},
                                                         **schemas.ERRORS})
     def item_image(item_id: str):
         index = service.index
@@ -202,10 +215,9 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
         if file is None:
             raise HTTPException(404, f"item {item_id!r} has no image in this index's store")
         return FileResponse(file, media_type=MEDIA_TYPES[file.suffix],
-                            headers={"Cache-Control": "public, max-age=31536000, immutable",  # named by content
-                                     "X-Content-Type-Options": "nosniff"})
+                            headers={"Cache-Control": "public, max-age=31536000, immutable"})  # named by content
 
-    @app.get("/items/{item_id:path}", response_model=schemas.Item, responses=schemas.ERRORS)
+    @get("/items/{item_id:path}", response_model=schemas.Item, responses=schemas.ERRORS)
     def get_item(item_id: str):
         index = service.index
         item = service.item_id(item_id, index)
@@ -214,18 +226,13 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
         return {"id": item, "label": index.label_text(row), "code": hex_code(index, row),
                 "image_url": stored_image_url(item, path)}
 
-    @app.get("/", include_in_schema=False)
+    @get("/", include_in_schema=False)
     def page():
-        return FileResponse(STATIC / "index.html", media_type="text/html",
-                            headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:",
-                                     "X-Content-Type-Options": "nosniff"})
+        return FileResponse(STATIC / "index.html", media_type="text/html", headers={"Content-Security-Policy": PAGE_CSP})
 
-    @app.get("/docs", include_in_schema=False)
+    @get("/docs", include_in_schema=False)
     def docs():  # Swagger UI from a Python package: no CDN, so the docs work offline too
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="schn search service",
-                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+        return FileResponse(STATIC / "docs.html", media_type="text/html", headers={"Content-Security-Policy": DOCS_CSP})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/docs-assets", StaticFiles(directory=Path(swagger_ui.__file__).parent / "static"), name="docs-assets")
@@ -244,14 +251,28 @@ def stored_image_url(item_id, path: str) -> str | None:
 def _json_id(body: bytes):
     try:
         payload = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    # ValueError: not JSON, not UTF-8, or an integer of over 4,300 digits; RecursionError: nested too deep
+    except (ValueError, RecursionError):
         raise HTTPException(400, 'the body is not valid JSON; send {"id": ...}') from None
     if not isinstance(payload, dict) or "id" not in payload:
         raise HTTPException(400, 'send a JSON object with the query item\'s id: {"id": ...}')
-    return payload["id"]
+    item_id = payload["id"]
+    if isinstance(item_id, str) and not _is_utf8(item_id):  # JSON may escape lone surrogates (\ud800)
+        raise HTTPException(400, "the id is not valid Unicode text (it holds a lone surrogate)")
+    return item_id
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    # the guard adds the security headers too, but a 500 is answered from outside it
+    headers = {**{k.decode(): v.decode() for k, v in SECURITY_HEADERS}, **(headers or {})}
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
@@ -265,7 +286,10 @@ def _add_error_handlers(app: FastAPI) -> None:
             message = f"no such endpoint: {request.method} {request.url.path}; the API is described at /docs"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}; see /docs"
-        return _error(exc.status_code, message, exc.headers)  # e.g. Allow on a 405
+        headers = dict(exc.headers or {})  # e.g. Allow on a 405; a GET route answers HEAD too
+        if headers.get("Allow") == "GET":
+            headers["Allow"] = "GET, HEAD"
+        return _error(exc.status_code, message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
