@@ -1,4 +1,4 @@
-"""``schn index build|add|delete|info`` and ``schn search``: the command line of ``schn.index``.
+"""``schn index build|add|delete|compact|info`` and ``schn search``: the command line of ``schn.index``.
 
 A location is an index folder, a Milvus Lite file (``*.db``) or a Milvus URI (``http://host:19530``);
 ``--collection`` names the Milvus collection.
@@ -10,11 +10,15 @@ import json
 from .errors import SchnError
 
 
-def _open(args):
-    from .index import open_index
+def _open(args, writer: bool = False):
+    """The index at ``args.index``; ``writer``: a local one holds its writer lock for the whole
+    command, so a command that would fail to save (``schn serve`` holds it) fails before working."""
+    from .index import HammingIndex, is_milvus_location, open_index
 
-    return open_index(args.index, collection=args.collection, verify=not getattr(args, "no_verify", False),
-                      searcher=getattr(args, "searcher", "auto"))
+    verify, searcher = not getattr(args, "no_verify", False), getattr(args, "searcher", "auto")
+    if writer and not is_milvus_location(args.index):
+        return HammingIndex.open(args.index, verify=verify, searcher=searcher, writer=True)
+    return open_index(args.index, collection=args.collection, verify=verify, searcher=searcher)
 
 
 def _user_ids(index, raw: list[str]):
@@ -40,7 +44,7 @@ def cmd_index_build(args) -> int:
 def cmd_index_add(args) -> int:
     from .index.build import encode_for_index
 
-    index = _open(args)
+    index = _open(args, writer=True)
     packed, files = encode_for_index(index, args.paths, run_dir=args.run, device=args.device, progress=not args.quiet)
     ids, paths = [str(p) for p in files], [str(p.resolve()) for p in files]
     if args.store_images:
@@ -61,10 +65,22 @@ def cmd_index_add(args) -> int:
 
 
 def cmd_index_delete(args) -> int:
-    index = _open(args)
+    index = _open(args, writer=True)
     removed = index.delete(_user_ids(index, args.ids), missing="ignore" if args.missing_ok else "error")
     index.save()
     print(f"index {args.index}: removed {removed}; {len(index)} items")
+    return 0
+
+
+def cmd_index_compact(args) -> int:
+    from .index import HammingIndex, is_milvus_location
+
+    if is_milvus_location(args.index):
+        raise SchnError("compact is for local index folders; Milvus compacts its own collections")
+    index = HammingIndex.open(args.index, verify=not args.no_verify, writer=True)
+    folded = index.journal_items
+    index.compact()
+    print(f"index {args.index}: folded {folded} journaled changes into version {index.version}; {len(index)} items")
     return 0
 
 
@@ -151,6 +167,11 @@ def add_index_commands(sub) -> None:
     p.add_argument("ids", nargs="+")
     p.add_argument("--missing-ok", action="store_true", help="ignore ids that are not there")
     p.set_defaults(func=cmd_index_delete)
+
+    p = index.add_parser("compact", help="fold the journal of changes into a new base version (local indexes)")
+    p.add_argument("index", help="index folder")
+    p.add_argument("--no-verify", action="store_true", help="skip the checksum check of the files")
+    p.set_defaults(func=cmd_index_compact)
 
     p = index.add_parser("info", help="what the index holds and where its codes came from")
     location(p)

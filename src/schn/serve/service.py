@@ -10,6 +10,7 @@ save leaves the service on the previous, still-saved snapshot.
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from pathlib import Path
 
@@ -42,8 +43,17 @@ class SearchService:
             raise SchnError(f"schn serve needs a local index folder, not a Milvus location ({index_path}); "
                             "Milvus is a server of its own")
         self.folder = Path(index_path)
-        self.index = self._warm(HammingIndex.open(self.folder, verify=verify, searcher=searcher))
+        # the writer lock for the service's lifetime: CLI writers then fail in one line instead of
+        # changing the index under the service (which made every later mutation a 409)
+        index = HammingIndex.open(self.folder, verify=verify, searcher=searcher, writer=True)
+        index.auto_compact = False  # compaction runs in the background (_compact), not inside a request
         self._write_lock = threading.Lock()
+        self._compactor: threading.Thread | None = None
+        try:
+            self.index = self._warm(index)
+        except BaseException:
+            index.release_writer_lock()
+            raise
         self.encoder, self.encoder_error = None, None
         try:
             from ..index.build import index_encoder
@@ -55,9 +65,7 @@ class SearchService:
     @staticmethod
     def _warm(index: HammingIndex) -> HammingIndex:
         """Build the id lookup and the searcher now, not inside the first (or a concurrent) search."""
-        if len(index):
-            index.searcher()
-        return index
+        return index.warm()  # the base's searcher once; after a mutation only the small delta's words
 
     # ---- reads (any thread, concurrently) ------------------------------------------------
     def item_id(self, raw, index: HammingIndex | None = None):
@@ -113,7 +121,7 @@ class SearchService:
                     first = ids[int((present >= 0).argmax())]
                     raise Conflict(f"item {first!r} is already in the index; pass replace=true to replace it")
                 rows = index.add(codes, ids, labels=label_rows, paths=paths)
-                ids = index.ids[rows].tolist() if ids is None else ids
+                ids = index.ids_at(rows).tolist() if ids is None else ids
             self._commit(index, old_paths)
         return ids, replaced
 
@@ -125,9 +133,11 @@ class SearchService:
             self._commit(index, [old_path])
 
     def _commit(self, index: HammingIndex, dropped_paths) -> None:
+        """Journal the change (one fsynced append: its cost does not grow with the index), then
+        serve the new snapshot; past the journal's limit, compact in the background."""
         try:
             index.save()
-        except SchnError as exc:  # e.g. another process changed the index on disk
+        except SchnError as exc:  # e.g. the index on disk is not the one the service opened
             raise Conflict(str(exc)) from None
         try:
             self._warm(index)
@@ -135,6 +145,29 @@ class SearchService:
             self.index = index
         if dropped_paths:
             images_mod.remove_unreferenced(self.folder, dropped_paths, index.uses_path)
+        if index.compaction_due() and (self._compactor is None or not self._compactor.is_alive()):
+            self._compactor = threading.Thread(target=self._compact, name="schn-compact", daemon=True)
+            self._compactor.start()
+
+    def _compact(self) -> None:
+        """Fold the journal into a new base version and build its searcher, then swap. Searches
+        keep reading the previous snapshot meanwhile; mutations wait for the write lock. A crash
+        midway leaves the previous base and journal, which the next open replays."""
+        with self._write_lock:
+            index = copy.copy(self.index)
+            try:
+                index.compact()
+                index.warm()
+            except Exception as exc:  # the journal still holds everything; the next commit retries
+                logging.getLogger("schn.serve").warning("compaction of %s failed: %s", self.folder, exc)
+                return
+            self.index = index
+
+    def close(self) -> None:
+        """Wait for a running compaction and release the writer lock (the process's end does too)."""
+        if self._compactor is not None:
+            self._compactor.join()
+        self.index.release_writer_lock()
 
     @staticmethod
     def _label_rows(index: HammingIndex, labels) -> np.ndarray:
