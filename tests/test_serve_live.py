@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx2 as httpx
 import numpy as np
+import pytest
 from conftest import child_process, free_port, serving
 from PIL import Image
 
@@ -91,20 +92,10 @@ def test_search_and_body_timeouts(idx, monkeypatch):
 
 def test_an_acknowledged_add_survives_kill_9(idx):
     """The real command: `schn serve`, an add, then SIGKILL; the item and its image are on disk."""
-    port = free_port()
-    command = [sys.executable, "-m", "schn", "serve", str(idx), "--port", str(port), "--api-key", "k"]
+    port, process = start_serve(idx, "--api-key", "k")
     url = f"http://127.0.0.1:{port}"
-    with child_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as server:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "schn serve did not answer within 60 s"
-            time.sleep(0.2)
+    with process as server:
+        wait_until_up(server, url)
         data = png(7)
         added = httpx.post(url + "/items", files=[("images", ("q.png", data, "image/png"))], data={"ids": ["kept"]},
                            headers={"X-API-Key": "k"}, timeout=30)
@@ -143,3 +134,106 @@ def test_threads_share_one_service_safely(idx):
             t.join()
     assert not errors
     assert {"t1", "t3"} <= set(HammingIndex.open(idx).ids.tolist()) and "t0" not in HammingIndex.open(idx)
+
+
+def start_serve(idx, *options):
+    """`schn serve IDX` on a free port, once it answers; yields (process, base URL)."""
+    port = free_port()
+    command = [sys.executable, "-m", "schn", "serve", str(idx), "--port", str(port), *options]
+    return port, child_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_until_up(server, url, seconds=60):
+    deadline = time.monotonic() + seconds
+    while True:
+        assert server.poll() is None, server.stdout.read()
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"schn serve did not answer within {seconds} s"
+        time.sleep(0.2)
+
+
+def serve_fails(*args, env=None):
+    done = subprocess.run([sys.executable, "-m", "schn", "serve", *args], capture_output=True, text=True, timeout=60,
+                          env=env)
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("options,words", [
+    (["--port", "99999"], "--port 99999"),
+    (["--port", "0"], "--port 0"),
+    (["--max-upload-mb", "-1"], "--max-upload-mb"),
+    (["--max-upload-mb", "inf"], "--max-upload-mb"),
+    (["--timeout", "-5"], "--timeout"),
+    (["--timeout", "nan"], "--timeout"),
+    (["--keep-alive", "0"], "--keep-alive"),
+    (["--max-pixels", "-1"], "--max-pixels"),
+    (["--worker-threads", "0"], "--worker-threads"),
+    (["--threads", "0"], "--threads"),
+    (["--max-connections", "0"], "--max-connections"),
+    (["--host", ""], "--host"),
+    (["--host", " 127.0.0.1"], "--host"),
+    (["--log-level", "loud"], "--log-level"),
+    (["--api-key", ""], "API key is empty"),
+    (["--api-key", "a key "], "API key"),
+    (["--run", "/no/such/run"], "--run"),
+])
+def test_serve_refuses_bad_options_at_once(tmp_path, options, words):
+    """Issue 12, defect 8: these were accepted (and every search failed later) or printed "serving"
+    and then a traceback. Now: one `error:` line, exit 2, before the index or torch is loaded."""
+    start = time.perf_counter()
+    code, out, err = serve_fails(str(tmp_path / "not-even-an-index"), *options)
+    assert code == 2 and "serving" not in out, (out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err, err
+    assert time.perf_counter() - start < 10  # nothing heavy was imported (torch alone takes seconds)
+
+
+def test_serve_refuses_a_port_in_use_and_a_bad_searcher(idx):
+    """Issue 12, defect 8: a port in use printed "serving", then uvicorn's own line, exit 3."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = serve_fails(str(idx), "--port", str(port))
+    assert code == 2 and "serving" not in out and err.count("\n") == 1, (out, err)
+    assert err.startswith(f"error: cannot listen on 127.0.0.1:{port}: Address already in use"), err
+    code, out, err = serve_fails(str(idx), "--port", str(free_port()), "--searcher", "fast", "--device", "cpu")
+    assert code == 2 and "serving" not in out and err.startswith("error: --searcher 'fast'") and err.count("\n") == 1
+
+
+def test_half_open_connections_are_closed_and_others_served(idx):
+    """Issue 12, defect 12 (slowloris): clients that send part of their headers, or nothing, and go
+    quiet held their connections past 45 s with --timeout 30. With --timeout 2 the server closes
+    them after about 2 s, serves other clients meanwhile, and answers connections over
+    --max-connections with a 503."""
+    port, process = start_serve(idx, "--timeout", "2", "--max-connections", "50")
+    url = f"http://127.0.0.1:{port}"
+    with process as server:
+        wait_until_up(server, url)
+        opened = time.monotonic()
+        hanging = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(40)]
+        for i, conn in enumerate(hanging[:30]):  # part of the headers; the rest send nothing at all
+            conn.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: appl" if i % 2 else b"GE")
+        with httpx.Client(base_url=url, timeout=5) as client:  # one connection, kept alive
+            for _ in range(5):
+                assert client.get("/health").status_code == 200
+                assert client.post("/search?k=3", json={"id": "0"}).status_code == 200
+            over = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(15)]
+            for conn in over:
+                conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            answers = [conn.recv(65536).decode() for conn in over]
+            assert {a.split(" ")[1] for a in answers} == {"200", "503"}, answers  # 41 + 15 connections > 50
+            assert '"status": 503' in [a for a in answers if " 503 " in a][0]
+            for conn in over:
+                conn.close()
+            for conn in hanging:
+                answer = conn.recv(65536)  # blocks until the server answers or closes
+                took = time.monotonic() - opened
+                assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
+                assert 1.5 < took < 5, f"a half-open connection was closed after {took:.1f} s"
+                conn.close()
+            assert client.get("/health").status_code == 200  # still serving, on a new connection if need be
+        assert server.poll() is None

@@ -1,9 +1,14 @@
-"""What wraps every request: a body size limit, a timeout on receiving the body, security headers
-on every response, and request statistics (counts, errors, latency percentiles per route) for
-``GET /stats``.
+"""What guards the service: per request, a body size limit, a timeout on receiving the body,
+security headers on every response, and request statistics (counts, errors, latency percentiles
+per route) for ``GET /stats``; per connection, a deadline for a request's headers and a cap on
+open connections.
 
-A plain ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``, which would add a task
-and a queue to every request of a service whose searches take a millisecond.
+The request guard is a plain ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``,
+which would add a task and a queue to every request of a service whose searches take a
+millisecond. The connection guard is a subclass of uvicorn's h11 protocol, because nothing an
+ASGI app sees runs before a request's headers are complete: uvicorn itself times out only an idle
+kept-alive connection, so a client that sends part of its headers and goes quiet (slowloris)
+would hold its connection for ever.
 """
 from __future__ import annotations
 
@@ -118,3 +123,89 @@ class RequestGuard:
             return message
 
         return receive_limited
+
+
+def _raw_json_response(status: int, reason: str, message: str) -> bytes:
+    """A whole HTTP/1.1 response that closes the connection, for answers given outside any request."""
+    body = json.dumps({"error": message, "status": status}).encode()
+    head = [f"HTTP/1.1 {status} {reason}".encode(), b"content-type: application/json",
+            b"content-length: " + str(len(body)).encode(), b"connection: close",
+            *(name + b": " + value for name, value in SECURITY_HEADERS)]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def _too_many_connections(limit: int):
+    """The ASGI app that answers every request on a connection over the cap."""
+    async def refuse(scope, receive, send):
+        for message in _json_response(503, f"the service has {limit} connections open, its limit; retry shortly "
+                                           "or close idle connections"):
+            if message["type"] == "http.response.start":
+                message["headers"] += [(b"connection", b"close"), (b"retry-after", b"1"), *SECURITY_HEADERS]
+            await send(message)
+    return refuse
+
+
+def guarded_protocol(header_timeout: float, max_connections: int) -> type:
+    """uvicorn's h11 protocol (pass it as ``uvicorn.Config(http=...)``) with two guards:
+
+    * a request's headers must be complete within ``header_timeout`` seconds of the connection
+      being opened, or of the first byte of a later request on it; else the client gets a 408 (if
+      it sent part of a request) and the connection is closed. After the headers, the request
+      guard's body timeout takes over; between requests, uvicorn's keep-alive timeout.
+    * at most ``max_connections`` connections are served; a request on one more gets a 503 JSON
+      answer and its connection is closed, so the service answers instead of running out of file
+      descriptors, and a flood of half-open connections is shed by the header deadline.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer = None  # asyncio.TimerHandle while a request's headers are awaited
+        _got_bytes = False  # part of a request arrived while the timer ran
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                self.app = _too_many_connections(max_connections)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._header_timer is None and self._between_requests():
+                self._arm()
+            self._got_bytes = True
+            super().data_received(data)
+            if not self._between_requests():  # the headers are in: the request has begun
+                self._disarm()
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:  # h11 could not parse the request: JSON, as every error
+            self.transport.write(_raw_json_response(400, "Bad Request", "the request is not valid HTTP/1.1, or its "
+                                                    "headers are over 16 KiB"))
+            self.transport.close()
+
+        def _between_requests(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._got_bytes = False
+            self._header_timer = self.loop.call_later(header_timeout, self._headers_late)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing() or not self._between_requests():
+                return
+            if self._got_bytes and self.conn.their_state is h11.IDLE:
+                self.transport.write(_raw_json_response(408, "Request Timeout", f"the request's headers did not "
+                                                        f"arrive within {header_timeout:g} s; send them promptly"))
+            self.transport.close()
+
+    return GuardedH11Protocol
