@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from .bounds import bounded
 from .errors import SchnError
 from .registry import Registry
 
@@ -51,11 +52,11 @@ class ModelConfig:
 
     backbone: str = "small_cnn"
     weights: str = "none"
-    input_size: Optional[int] = None
+    input_size: Optional[int] = bounded(None, 8, 4096)
     frozen: bool = False
     cache_dir: str = ".cache/features"
     feature_precision: str = "fp32"
-    width: Optional[int] = None  # small_cnn channel width w (features 8w); None = 32
+    width: Optional[int] = bounded(None, 1, 4096)  # small_cnn channel width w (features 8w); None = 32
 
     def check(self) -> None:
         if self.feature_precision not in ("fp32", "bf16"):

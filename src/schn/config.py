@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Optional
 import yaml
 
 from .backbones import ModelConfig
+from .bounds import bounded, check_bounds
 from .data.config import DataConfig, SplitConfig
 from .errors import SchnError
 from .metrics import EvalConfig
@@ -25,19 +27,21 @@ from .precision import KINDS as PRECISIONS
 
 @dataclass
 class TrainConfig:
-    bits: int = 32
-    iterations: int = 50  # outer iterations T
-    epochs_per_iteration: int = 3  # E
-    batch_size: int = 64
-    num_samples: int = 5000  # |Omega| = m (capped at the training pool size)
+    bits: int = bounded(32, 1, 1024)
+    iterations: int = bounded(50, 1, 100_000)  # outer iterations T
+    epochs_per_iteration: int = bounded(3, 1, 10_000)  # E
+    batch_size: int = bounded(64, 1, 65_536)
+    num_samples: int = bounded(5000, 1, 10**9)  # |Omega| = m (capped at the training pool size)
     cover_all: bool = True  # cycle through a permutation so every item is sampled (authors: False)
     select: str = "val"  # model selection: "val" (validation split), "last", or "test" (authors')
-    val_every: int = 1  # validate every N outer iterations (and after the last)
-    num_workers: int = 0
+    val_every: int = bounded(1, 1, 100_000)  # validate every N outer iterations (and after the last)
+    num_workers: int = bounded(0, 0, 256)
     device: str = "auto"  # "auto" = cuda if available, else cpu; or "cpu", "cuda", "cuda:1", "mps"
-    encode_batch_size: int = 256
-    time_budget: Optional[float] = None  # seconds of training; then the current iteration is closed
-    val_pool_size: Optional[int] = None  # validation retrieves from a seeded subset of the pool (None = all)
+    encode_batch_size: int = bounded(256, 1, 65_536)
+    # seconds of training; then the current iteration is closed
+    time_budget: Optional[float] = bounded(None, 0, 10**8, above=True)
+    # validation retrieves from a seeded subset of the pool (None = all)
+    val_pool_size: Optional[int] = bounded(None, 1, 10**9)
     precision: str = "fp32"  # the training forward pass: fp32, bf16 (CPU and GPU) or fp16 (GPU, gradient scaler)
 
     def __post_init__(self) -> None:
@@ -58,7 +62,7 @@ class TrainConfig:
 class RunConfig:
     out_dir: str = "runs"
     name: Optional[str] = None  # run folder name; default <data>-<method>-<bits>b-<time>
-    seed: int = 0
+    seed: int = bounded(0, 0, 2**32 - 1)  # NumPy's seeds are 32-bit
     progress: bool = True
 
 
@@ -119,9 +123,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, (int, str, float)):
             raise SchnError(f"{where} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value  # exact, however large (the range check refuses what is too large)
         try:
             as_float = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise SchnError(f"{where} must be an integer, got {value!r}") from None
         if not as_float.is_integer():
             raise SchnError(f"{where} must be an integer, got {value!r}")
@@ -130,9 +136,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise SchnError(f"{where} must be a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise SchnError(f"{where} must be a number, got {value!r}") from None
+        if not math.isfinite(number):  # nan passes every comparison a range check makes
+            raise SchnError(f"{where} must be a finite number, got {value!r}")
+        return number
     if annotation is str:
         if isinstance(value, (dict, list)):
             raise SchnError(f"{where} must be a string, got {value!r}")
@@ -153,6 +162,7 @@ def fill_dataclass(cls, values: dict, section: str):
             raise SchnError(f"unknown config key {section}.{key}{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
     obj = cls(**kwargs)  # __post_init__ checks values where a config defines it
+    check_bounds(obj, section)
     if hasattr(obj, "check"):
         obj.check()
     return obj

@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .bounds import bounded
 from .errors import SchnError
 
 TIES = ("stable", "unstable")
@@ -41,10 +42,10 @@ _BYTES_PER_PAIR = 64  # rough peak sum of the per-(query, item) temporaries belo
 
 @dataclass
 class EvalConfig:
-    map_depth: Optional[int] = None  # None = mAP over the whole ranking
-    radius: int = 2
-    precision_at: list[int] = field(default_factory=lambda: list(DEFAULT_PRECISION_AT))
-    ndcg_k: Optional[int] = None  # None: DEFAULT_NDCG_K for multi-label data, else no NDCG
+    map_depth: Optional[int] = bounded(None, 1, 10**9)  # None = mAP over the whole ranking
+    radius: int = bounded(2, 0, 1024)
+    precision_at: list[int] = bounded(lo=1, hi=10**9, default_factory=lambda: list(DEFAULT_PRECISION_AT))
+    ndcg_k: Optional[int] = bounded(None, 1, 10**9)  # None: DEFAULT_NDCG_K for multi-label data, else no NDCG
     drop_last: bool = False  # True = the authors' mAP@all, which drops the last item
     ties: str = "stable"  # "unstable" = the authors' plain argsort
     symmetric: bool = True  # also score asymmetric methods with the database encoded by the network

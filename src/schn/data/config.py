@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..bounds import bounded
 from ..errors import SchnError
 
 
@@ -23,7 +24,7 @@ class DataConfig:
     # image_list: [image_list_file, label_file] pairs; empty = auto-detect the known file names
     lists: list[list[str]] = field(default_factory=list)
     label_format: str = "auto"  # auto | onehot | indices
-    num_classes: Optional[int] = None  # for index labels; inferred as max+1 when unset
+    num_classes: Optional[int] = bounded(None, 1, 10**6)  # for index labels; inferred as max+1 when unset
     class_names_file: Optional[str] = None  # one class name per line, overrides the reader's
     unlabeled: str = "drop"  # drop | keep items without any label
     on_bad_image: str = "error"  # error | skip missing or corrupt images
@@ -41,13 +42,13 @@ class DataConfig:
 class SplitConfig:
     # cifar10 | nuswide21 | mirflickr25k | per_class | random
     protocol: str = "cifar10"
-    query_per_class: float = 100  # int = items per class; a float < 1 = fraction of each class
-    query_size: int = 1000  # mirflickr25k / random
+    query_per_class: float = bounded(100, 0, 10**9, above=True)  # int = items per class; a float < 1 = fraction of each class
+    query_size: int = bounded(1000, 1, 10**9)  # mirflickr25k / random
     query_group: str = "test_img"  # nuswide21
     database_group: str = "database_img"  # nuswide21; "" = every item not in the query group
-    val_size: int = 0  # items carved at random from the database for model selection
-    train_size: int = 0  # 0 = whole database minus val; else a random subset of it
-    seed: int = 0
+    val_size: int = bounded(0, 0, 10**9)  # items carved at random from the database for model selection
+    train_size: int = bounded(0, 0, 10**9)  # 0 = whole database minus val; else a random subset of it
+    seed: int = bounded(0, 0, 2**32 - 1)
     file: Optional[str] = None  # reload this saved split instead of drawing one
     seeded: bool = True  # False = authors' unseeded NumPy draw (OS entropy)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..bounds import bounded
 from .common import (DeepConfig, DeepHashingMethod, bitwise_sweep, check_choice, check_positive,
                      generator_from_global_rng, similarity)
 
@@ -22,7 +23,7 @@ class ADSHConfig(DeepConfig):
     Sec. "Experiments", and method.md) are the engine's ``train.iterations``,
     ``train.epochs_per_iteration`` and ``train.num_samples``, not options here."""
 
-    gamma: float = 200.0           # quantisation weight, paper and both authors' codes
+    gamma: float = bounded(200.0, 0, 1e6)          # quantisation weight, paper and both authors' codes
     init_codes: str = "random"     # V at start: random +-1; "zeros" = the authors' codes
     # "balanced": S~ = +1 similar / -P/N not, as both authors' codes (which made the paper's
     # tables); "signed": S in {-1,+1} as the paper's text. Measured on digits (RESULTS.md),

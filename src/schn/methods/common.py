@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..bounds import bounded
 from .. import distributed
 from ..codes import to_signed
 from ..errors import SchnError
@@ -120,9 +121,9 @@ class DeepConfig:
     """Optimiser options shared by the deep methods (Adam, as SCHN; same defaults as SCHN so a
     comparison on one backbone changes the loss, not the optimiser)."""
 
-    lr: float = 4e-5
-    weight_decay: float = 1e-5
-    backbone_lr_scale: float = 1.0  # lr multiplier for a trainable backbone
+    lr: float = bounded(4e-5, 0, 10, above=True)
+    weight_decay: float = bounded(1e-5, 0, 10)
+    backbone_lr_scale: float = bounded(1.0, 0, 1000)  # lr multiplier for a trainable backbone
 
     def __post_init__(self):
         self.validate()

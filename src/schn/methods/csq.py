@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as nnf
 
+from ..bounds import bounded
 from ..codes import to_signed
 from .common import DeepConfig, DeepHashingMethod, check_positive, generator_from_global_rng
 
@@ -23,7 +24,7 @@ class CSQConfig(DeepConfig):
     # Quantisation weight. 1e-4: the authors' README command for AlexNet at 64 bits and the
     # DeepHash-pytorch port; the authors' README uses 1e-3 for AlexNet at 16/32 bits and 0.05
     # (their options.py default) for ResNet-50.
-    lambda_q: float = 1e-4
+    lambda_q: float = bounded(1e-4, 0, 1e6)
 
     def validate(self) -> None:
         super().validate()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as nnf
 
+from ..bounds import bounded
 from ..codes import to_signed
 from .common import DeepConfig, DeepHashingMethod, check_positive, similarity
 
@@ -16,7 +17,7 @@ __all__ = ["DPSH", "DPSHConfig", "dpsh_loss"]
 class DPSHConfig(DeepConfig):
     """DPSH options (optimiser options from :class:`DeepConfig`)."""
 
-    eta: float = 10.0  # quantisation weight; the paper's CIFAR-10 value (also the authors' PyTorch demo)
+    eta: float = bounded(10.0, 0, 1e6)  # quantisation weight; the paper's CIFAR-10 value (also the authors' PyTorch demo)
 
     def validate(self) -> None:
         super().validate()

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..bounds import bounded
 from .common import DeepConfig, DeepHashingMethod, check_positive, similarity
 
 __all__ = ["DSH", "DSHConfig", "dsh_loss"]
@@ -14,8 +15,8 @@ __all__ = ["DSH", "DSHConfig", "dsh_loss"]
 class DSHConfig(DeepConfig):
     """DSH options (optimiser options from :class:`DeepConfig`)."""
 
-    margin: float | None = None  # m; None = 2k (paper; the authors' CIFAR-10 prototxt: 24 at 12 bits)
-    alpha: float = 0.01          # regulariser weight (paper; authors' prototxt "tradeoff: 0.01")
+    margin: float | None = bounded(None, 0, 1e6)  # m; None = 2k (paper; the authors' CIFAR-10 prototxt: 24 at 12 bits)
+    alpha: float = bounded(0.01, 0, 1e6)         # regulariser weight (paper; authors' prototxt "tradeoff: 0.01")
 
     def validate(self) -> None:
         super().validate()

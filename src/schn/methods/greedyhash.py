@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
+from ..bounds import bounded
 from ..codes import to_signed
 from .common import DeepConfig, DeepHashingMethod, check_positive
 
@@ -19,7 +20,7 @@ from .common import DeepConfig, DeepHashingMethod, check_positive
 class GreedyHashConfig(DeepConfig):
     """GreedyHash options."""
 
-    alpha: float = 0.1  # penalty weight: authors' CIFAR-10 code (cifar1.py: loss1 + 0.1 * loss2)
+    alpha: float = bounded(0.1, 0, 1e6)  # penalty weight: authors' CIFAR-10 code (cifar1.py: loss1 + 0.1 * loss2)
 
     def validate(self) -> None:
         super().validate()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as nnf
 
+from ..bounds import bounded
 from ..errors import SchnError
 from .common import DeepConfig, DeepHashingMethod, check_positive, similarity
 
@@ -17,11 +18,11 @@ class HashNetConfig(DeepConfig):
     """HashNet options (optimiser options from :class:`DeepConfig`). Continuation values: the
     authors' PyTorch code (network.py); alpha: its train.py (``sigmoid_param = 10 / hash_bit``)."""
 
-    alpha: float | None = None          # adaptive sigmoid parameter; None = 10 / bits (official code)
-    init_scale: float = 1.0             # beta_0 (official code)
-    gamma: float = 0.005                # beta = init_scale * (1 + gamma * t)^power (official code)
-    power: float = 0.5                  # (official code)
-    step_size: int = 200                # beta is raised every step_size training steps (official code)
+    alpha: float | None = bounded(None, 0, 1e6, above=True)         # adaptive sigmoid parameter; None = 10 / bits (official code)
+    init_scale: float = bounded(1.0, 0, 1e6, above=True)            # beta_0 (official code)
+    gamma: float = bounded(0.005, 0, 1e6)               # beta = init_scale * (1 + gamma * t)^power (official code)
+    power: float = bounded(0.5, 0, 100)                 # (official code)
+    step_size: int = bounded(200, 1, 10**9)               # beta is raised every step_size training steps (official code)
     continuous_similarity: bool = True  # paper's c_ij: label Jaccard on similar pairs; False = official code
 
     def validate(self) -> None:

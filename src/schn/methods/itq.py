@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..bounds import bounded
 from ..codes import to_signed
 from ..errors import SchnError
 from .common import generator_from_global_rng
@@ -18,7 +19,7 @@ __all__ = ["ITQ", "ITQConfig", "pca_directions", "random_rotation", "quantizatio
 class ITQConfig:
     """ITQ options."""
 
-    iterations: int = 50  # Gong & Lazebnik 2011/2013: 50 alternations (loss has settled by then)
+    iterations: int = bounded(50, 0, 100_000)  # Gong & Lazebnik 2011/2013: 50 alternations (loss has settled by then)
 
     def __post_init__(self):
         self.validate()

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
+from ..bounds import bounded
 from .. import distributed
 from ..errors import SchnError
 from .base import HashingMethod
@@ -57,26 +58,26 @@ class SCHNConfig:
     """SCHN options. Defaults: method.md (authors' values; sane column of its last table)."""
 
     variant: str = "mmasia"             # "tomm" adds the adversarial discriminator
-    alpha: float = 2.0                  # weight of U_L in the discrete update
-    beta: float = 0.1                   # weight of U_Z in the discrete update
-    gamma: float = 10.0                 # quantisation weight (loss and update)
-    lr: float = 4e-5
-    weight_decay: float = 1e-5
+    alpha: float = bounded(2.0, 0, 1e6)                 # weight of U_L in the discrete update
+    beta: float = bounded(0.1, 0, 1e6)                  # weight of U_Z in the discrete update
+    gamma: float = bounded(10.0, 0, 1e6)                # quantisation weight (loss and update)
+    lr: float = bounded(4e-5, 0, 10, above=True)
+    weight_decay: float = bounded(1e-5, 0, 10)
     init_codes: str = "random"          # "zeros" = authors' code
     latent_activation: str = "sigmoid"  # U_Z activation, as the authors; "tanh" for comparison
     sign_zero: str = "plus_one"         # "zero" = authors' sign(0) = 0 in the discrete update
     full_similarity: bool = False       # True = authors': S~ over Omega x D, then sliced
     graph_norm: str = "none"            # GCN adjacency: "none" (the doc's A), "row", "symmetric"
-    attention_dim: int = 512
-    latent_dim: int = 1024
-    dropout: float = 0.5
-    backbone_lr_scale: float = 1.0      # lr multiplier for a trainable backbone
+    attention_dim: int = bounded(512, 1, 65_536)
+    latent_dim: int = bounded(1024, 1, 65_536)
+    dropout: float = bounded(0.5, 0, 0.99)
+    backbone_lr_scale: float = bounded(1.0, 0, 1000)     # lr multiplier for a trainable backbone
     detach_rec_targets: bool = False    # True: reconstruction terms train the interaction module only
     # ablations: weights of the loss terms (1 = method.md). With latent and reconstruction weights
     # and beta all 0 (mmasia) the interaction module is not run at all.
-    label_loss_weight: float = 1.0
-    latent_loss_weight: float = 1.0
-    rec_loss_weight: float = 1.0
+    label_loss_weight: float = bounded(1.0, 0, 1e6)
+    latent_loss_weight: float = bounded(1.0, 0, 1e6)
+    rec_loss_weight: float = bounded(1.0, 0, 1e6)
     # tomm: the inputs of the adversarial steps. "fresh" (method.md): a second forward pass of the
     # image and label nets after the step on L, without gradient; "full": the same values with
     # gradient, as the authors' code runs it; "reuse": the step's own outputs (no second pass)

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from ..bounds import bounded
 from ..errors import SchnError
 from .common import bitwise_sweep, generator_from_global_rng
 from .shallow import ShallowHashingMethod
@@ -18,13 +19,13 @@ __all__ = ["SDH", "SDHConfig", "squared_distances", "rbf_features", "sdh_objecti
 class SDHConfig:
     """SDH options. Defaults: Shen et al., CVPR 2015, Sec. 4 unless marked."""
 
-    num_anchors: int = 1000      # m RBF anchors drawn from the training items (capped at their count)
-    lam: float = 1.0             # lambda, weight of ||W||^2 (G-step ridge)
-    nu: float = 1e-5             # nu, weight of the fitting term ||B - F(X)||^2
-    iterations: int = 5          # t, outer F/G/B alternations
-    dcc_passes: int = 10         # DCC sweeps over the bits per B-step (authors' code; paper gives none)
-    f_ridge: float = 1e-2        # ridge of the F-step regression (authors' code; paper: plain LS)
-    sigma: Optional[float] = None  # RBF width; None = mean distance from training items to anchors
+    num_anchors: int = bounded(1000, 1, 10**6)     # m RBF anchors drawn from the training items (capped at their count)
+    lam: float = bounded(1.0, 0, 1e6)            # lambda, weight of ||W||^2 (G-step ridge)
+    nu: float = bounded(1e-5, 0, 1e6)            # nu, weight of the fitting term ||B - F(X)||^2
+    iterations: int = bounded(5, 1, 100_000)         # t, outer F/G/B alternations
+    dcc_passes: int = bounded(10, 1, 100_000)        # DCC sweeps over the bits per B-step (authors' code; paper gives none)
+    f_ridge: float = bounded(1e-2, 0, 1e6)       # ridge of the F-step regression (authors' code; paper: plain LS)
+    sigma: Optional[float] = bounded(None, 0, 1e9, above=True)  # RBF width; None = mean distance from training items to anchors
 
     def __post_init__(self):
         self.validate()
