@@ -22,13 +22,30 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
+    try:  # mkstemp makes the file 0600; a written file gets the mode open() would give it
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` sets it, which races with
+    other threads creating files); Linux reports it in /proc/self/status."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it back at once
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -41,15 +58,36 @@ def write_json(path: str | Path, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def _torch_safe_globals() -> list:
+    """What schn's torch files hold beside tensors and plain Python values: NumPy arrays of numbers
+    (the sampler's queue, NumPy's RNG state). Object arrays stay refused: no ObjectDType here."""
+    import numpy as np
+    from numpy._core.multiarray import _reconstruct
+
+    dtypes = [type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                                          "uint64", "float16", "float32", "float64")]
+    return [_reconstruct, np.ndarray, np.dtype, bytes, *dtypes]
+
+
 def read_torch(path: str | Path, fmt: str, kind: str, remedy: str) -> dict:
     """A dict saved by ``torch.save`` whose ``format`` is ``fmt``; a damaged or foreign file ends
-    in one line naming ``kind`` (``checkpoint``) and what to do (``remedy``)."""
+    in one line naming ``kind`` (``checkpoint``) and what to do (``remedy``).
+
+    Read with ``weights_only=True``: a pickle that names any other callable (``os.system``, say)
+    is refused before anything in it runs."""
+    import pickle
+
     import torch
 
     from .errors import SchnError
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_torch_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's refusal of a global outside the allow-list
+        what = str(exc).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0][:160]
+        raise SchnError(f"refusing to read {path}: it is not a plain schn {kind} ({what}); "
+                        f"only open {kind}s you wrote, or {remedy}") from None
     except Exception as exc:  # a truncated or foreign file
         raise SchnError(f"cannot read {path} ({type(exc).__name__}); the {kind} is damaged, {remedy}") from None
     if not isinstance(obj, dict) or obj.get("format") != fmt:
