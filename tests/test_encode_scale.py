@@ -48,7 +48,7 @@ def test_chunked_output_equals_one_pass(digits_run, images, whole, tmp_path):
 
 def test_a_crashed_encode_resumes_and_writes_each_item_once(digits_run, images, whole, tmp_path, monkeypatch):
     calls, crash = [], [True]
-    encode = ImageEncoder.encode
+    encode = ImageEncoder.encode_readable
 
     def crash_on_the_third_chunk(self, items, *args, **kwargs):
         calls.append(len(items))
@@ -56,7 +56,7 @@ def test_a_crashed_encode_resumes_and_writes_each_item_once(digits_run, images, 
             raise KeyboardInterrupt
         return encode(self, items, *args, **kwargs)
 
-    monkeypatch.setattr(ImageEncoder, "encode", crash_on_the_third_chunk)
+    monkeypatch.setattr(ImageEncoder, "encode_readable", crash_on_the_third_chunk)
     out = tmp_path / "codes.npz"
     args = ["encode", str(digits_run), str(images), "-o", str(out), "--chunk-size", "8", "--quiet"]
     assert main(args) == 130
@@ -71,12 +71,14 @@ def test_a_crashed_encode_resumes_and_writes_each_item_once(digits_run, images, 
     assert not parts.exists()
 
 
-def test_a_stopped_encode_of_other_files_is_not_mixed_in(digits_run, images, tmp_path, capsys):
+def test_a_stopped_encode_of_other_files_is_not_mixed_in(digits_run, images, whole, tmp_path, capsys):
     out = tmp_path / "codes.npz"
     (tmp_path / "codes.npz.parts").mkdir()
     (tmp_path / "codes.npz.parts" / "plan.json").write_text('{"files": 3}')
-    assert main(["encode", str(digits_run), str(images), "-o", str(out), "--quiet"]) == 2
-    assert "other files" in capsys.readouterr().err
+    (tmp_path / "codes.npz.parts" / "chunk-0000000.npz").write_bytes(b"a chunk of those other files")
+    assert main(["encode", str(digits_run), str(images), "-o", str(out), "--quiet"]) == 0
+    assert "other files" in capsys.readouterr().out  # said, then started afresh
+    assert load(out)[1] == load(whole)[1] and np.array_equal(load(out)[0], load(whole)[0])
 
 
 def test_two_processes_under_torchrun_give_the_same_file(digits_run, images, whole, tmp_path):

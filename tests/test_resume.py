@@ -60,7 +60,7 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("setup,words", [("finished", "has finished"), ("fresh", "no config.yaml"),
-                                         ("early", "before its first outer iteration")])
+                                         ("early", "no split.json")])
 def test_resume_mistakes_end_in_one_line(digits_run, tmp_path, capsys, setup, words):
     run = {"finished": digits_run, "fresh": tmp_path}.get(setup)
     if setup == "early":

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from .bounds import check_range
 from .config import SECTIONS, Config, config_from_dict, dump_config, parse_override
 from .errors import SchnError, one_line
 from .fileio import write_text
@@ -46,6 +47,7 @@ COLUMNS = ("method", "bits", "status", "map", "precision_at_radius_2", "precisio
            "encode_items_per_second", "iterations_run", "symmetric_map", "message")
 BEST_COLUMNS = ("map", "precision_at_radius_2", "precision_at_1000")
 UNLIMITED_ITERATIONS = 100_000
+SPLIT_FILE = "split.json"  # the grid's one split, beside its cells
 
 
 def resolve_method(name: str) -> tuple[str, dict]:
@@ -146,7 +148,7 @@ def make_split_file(base: dict, out: Path) -> Path:
     from .data import create_dataset, load_split, make_split
 
     cfg = config_from_dict({k: v for k, v in base.items() if k in SECTIONS})
-    path = out / "split.json"
+    path = out / SPLIT_FILE
     dataset = create_dataset(cfg.data)
     if path.is_file():
         load_split(str(path), dataset)  # refuses a split of another data set
@@ -168,11 +170,17 @@ def run_benchmark(config: str | Path, methods: list[str], bits: list[int], out: 
         raise SchnError("--methods and --bits need at least one entry each")
     for label in methods:
         resolve_method(label)
+    if curve_bits is not None:
+        check_range("--curve-bits", curve_bits, 1, 1024)
+    if time_budget is not None:
+        check_range("--time-budget", time_budget, 0, 10**8, above=True)
     base = _read_yaml(config)
-    out.mkdir(parents=True, exist_ok=True)
-    split_file = make_split_file(base, out)
+    split_file = out / SPLIT_FILE
+    # every cell's config is checked before anything is written
     cells = [cell_config(base, label, b, list(sets), time_budget, split_file, out)
              for b in bits for label in methods]
+    out.mkdir(parents=True, exist_ok=True)
+    make_split_file(base, out)
     rows: dict[str, dict] = {}
     durations: list[float] = []
     todo = []

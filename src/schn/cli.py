@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 
+from .bounds import check_range
 from .errors import SchnError, one_line
 from .index_cli import add_index_commands
 from .serve_cli import add_serve_command
@@ -64,11 +67,14 @@ def cmd_encode(args) -> int:
     from .distributed import world
     from .encode import encode_images
 
-    n, out, rate = encode_images(args.run, args.paths, args.output, device=args.device, progress=not args.quiet,
-                                 batch_size=args.batch_size, workers=args.workers,
-                                 **({"chunk_size": args.chunk_size} if args.chunk_size else {}))
+    n, out, rate, skipped = encode_images(args.run, args.paths, args.output, device=args.device,
+                                          progress=not args.quiet, batch_size=args.batch_size, workers=args.workers,
+                                          on_bad_image=args.on_bad_image,
+                                          **({} if args.chunk_size is None else {"chunk_size": args.chunk_size}))
     if world().is_main:  # under torchrun, the first process reports
         print(f"wrote {n:,} codes to {out} ({rate:,.0f} images/s)")
+        if skipped:
+            print(f"skipped {len(skipped):,} unreadable images (first: {skipped[0]})")
     return 0
 
 
@@ -85,6 +91,8 @@ def cmd_demo(args) -> int:
     from .config import load_config
     from .runs import train_run
 
+    for bits in args.bits:
+        check_range("--bits", bits, 1, 1024)
     config = _configs_dir() / DEMO_CONFIG
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = []
@@ -146,8 +154,16 @@ def cmd_list(args) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (``error: ...``, exit 2) like every other."""
+
+    def error(self, message: str):
+        print(f"error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="schn", description="Learned binary codes for visual similarity search.")
+    parser = OneLineParser(prog="schn", description="Learned binary codes for visual similarity search.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a method from a config; writes a run folder")
@@ -173,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 65,536)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0, help="processes decoding images beside the network")
+    p.add_argument("--on-bad-image", default="error", metavar="error|skip",
+                   help="an unreadable or oversized image stops the encode (default), or is left out and counted")
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_encode)
@@ -206,10 +224,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no real file (a test's capture)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit where it could not be caught
+        return code
+    except BrokenPipeError:  # `schn search ... | head -1`: the reader has what it wanted
+        _silence_stdout()
+        return 128 + signal.SIGPIPE  # the status of a Unix tool ended by SIGPIPE, without a message
     except SchnError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -28,20 +28,23 @@ def binarize(method, real: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_view(method, view, device, batch_size: int = 256, num_workers: int = 0,
-                progress: bool = False, desc: str = "encode", backbone=None) -> np.ndarray:
-    """Binary codes (float32 +-1, or 0 under sign(0)=0) of every item of ``view``, in order."""
+                progress: bool = False, desc: str = "encode", backbone=None, with_labels: bool = False):
+    """Binary codes (float32 +-1, or 0 under sign(0)=0) of every item of ``view``, in order;
+    with ``with_labels``, also the items' second fields stacked (codes, labels)."""
     method.eval()
     loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=torch.device(device).type == "cuda")
-    chunks = []
-    for inputs, _, _ in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+    chunks, labels = [], []
+    for inputs, label, _ in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
         inputs = inputs.to(device)
         if backbone is not None:
             inputs = backbone(inputs)
         chunks.append(binarize(method, method.encode(inputs)).float().cpu())
-    if not chunks:
-        return np.zeros((0, method.bits), dtype=np.float32)
-    return torch.cat(chunks).numpy()
+        labels.append(label)
+    codes = torch.cat(chunks).numpy() if chunks else np.zeros((0, method.bits), dtype=np.float32)
+    if with_labels:
+        return codes, (torch.cat(labels).numpy() if labels else np.zeros((0, 1), dtype=np.float32))
+    return codes
 
 
 def database_codes(method, inputs, indices, train_indices, device, batch_size: int, progress: bool = False,

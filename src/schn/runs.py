@@ -35,13 +35,38 @@ CHECKPOINT_FORMAT = "schn-checkpoint-1"
 CURVE_KEYS = ("pr_curve", "p_at_n_curve")
 
 
+# What a run writes before its first outer iteration ends: without resume.pt, these alone mean
+# the run never got going, and `schn train --resume` starts it from the first iteration.
+STARTED_FILES = ("config.yaml", "split.json", "log.jsonl")
+
+
 def new_run_dir(cfg: Config) -> Path:
     name = cfg.run.name or f"{cfg.data.name}-{cfg.method_name}-{cfg.train.bits}b-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(cfg.run.out_dir) / name
     if path.exists() and any(path.iterdir()):
+        if _never_started(path):
+            raise SchnError(f"run folder {path} holds a run that stopped before its first outer iteration ended; "
+                            f"start it again with `schn train --resume {path}`, or choose another run.name")
         raise SchnError(f"run folder {path} already exists and is not empty; choose another run.name")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _never_started(run_dir: Path) -> bool:
+    """A run folder holding only what a run writes before its first iteration ends."""
+    names = {p.name for p in run_dir.iterdir()}
+    return {"config.yaml", "split.json"} <= names <= set(STARTED_FILES)
+
+
+def _remove_unstarted(run_dir: Path, created: bool) -> None:
+    """Undo a run that failed before its first iteration ended: its own files, and the folder if
+    this run created it and nothing else is in it (never anything the run did not write)."""
+    if not _never_started(run_dir):
+        return
+    for name in STARTED_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    if created and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def _split_for(cfg: Config, dataset):
@@ -116,7 +141,10 @@ def train_run(cfg: Config, progress: bool = True, echo=print, resume_dir: str | 
     run = prepare_run(cfg, progress and here.is_main)
     dataset, split, inputs, labels, method, device = (run.dataset, run.split, run.inputs, run.labels,
                                                       run.method, run.device)
+    created = False
     if resume_dir is None:  # only the first process writes; the others learn the folder's name
+        if here.is_main:
+            created = not (Path(cfg.run.out_dir) / cfg.run.name).exists() if cfg.run.name else True
         run_dir = distributed.broadcast(new_run_dir(cfg) if here.is_main else None)
         if here.is_main:
             write_text(run_dir / "config.yaml", dump_config(cfg))
@@ -133,8 +161,13 @@ def train_run(cfg: Config, progress: bool = True, echo=print, resume_dir: str | 
             fh.write(json.dumps(record) + "\n")
 
     state_file = run_dir / resume_mod.STATE_FILE
-    result = train_method(cfg, method, inputs, split, labels, device, log=log, progress=progress,
-                          state_file=state_file)
+    try:
+        result = train_method(cfg, method, inputs, split, labels, device, log=log, progress=progress,
+                              state_file=state_file)
+    except BaseException:  # a bad image, Ctrl-C: a run with no finished iteration leaves nothing behind
+        if here.is_main and resume_dir is None:
+            _remove_unstarted(run_dir, created)
+        raise
     if not here.is_main:  # the first process selects, saves and evaluates
         return run_dir, {}
     save_checkpoint(run_dir / "checkpoint.pt", cfg, method, inputs, labels.shape[1], len(split.train),
@@ -166,9 +199,11 @@ def _resumable(run_dir) -> tuple[Path, Config, list]:
     if not state.is_file():
         if (run_dir / "checkpoint.pt").is_file():
             raise SchnError(f"run {run_dir} has finished; there is nothing to resume")
-        raise SchnError(f"run {run_dir} stopped before its first outer iteration ended (no {resume_mod.STATE_FILE}); "
-                        "train it again")
+        if not (run_dir / "split.json").is_file():
+            raise SchnError(f"{run_dir} has no split.json; it is not a run `schn train` started, train it again")
     cfg = load_config(run_dir / "config.yaml", [f"split.file={run_dir / 'split.json'}"])
+    if not state.is_file():  # killed before its first iteration ended: start over, same config and split
+        return run_dir, cfg, []
     history = read_torch(state, resume_mod.FORMAT, "resume state", "train the run again")["result"]["history"]
     return run_dir, cfg, history
 

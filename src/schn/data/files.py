@@ -15,7 +15,8 @@ from .dataset import DATASETS, HashingDataset, read_class_names, tidy_labels
 from .sources import FolderSource, open_source
 
 # Decode errors PIL raises for missing, truncated or foreign files.
-_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# what PIL raises for a missing, truncated, corrupt or oversized (decompression bomb) image
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
@@ -55,7 +56,7 @@ class FileDataset(HashingDataset):
             try:
                 with source.open(path) as img:
                     img.load()
-            except _IMAGE_ERRORS as e:
+            except IMAGE_ERRORS as e:
                 problem = f"cannot be decoded ({e})"
         if problem and cfg.on_bad_image == "error":
             raise SchnError(f"image {source.describe(path)} {problem}; fix it or set data.on_bad_image=skip")
@@ -70,7 +71,7 @@ class FileDataset(HashingDataset):
                     if img.mode not in _GREY_MODES:
                         return 3
                     seen_grey = True
-            except _IMAGE_ERRORS:
+            except IMAGE_ERRORS:
                 continue  # a bad file says nothing about the others
         return 1 if seen_grey else 3
 
@@ -79,7 +80,7 @@ class FileDataset(HashingDataset):
         try:
             with self.source.open(path) as img:
                 return img.convert("L" if self.channels == 1 else "RGB")
-        except _IMAGE_ERRORS as e:
+        except IMAGE_ERRORS as e:
             raise SchnError(
                 f"cannot read image {self.source.describe(path)} ({e}); to skip bad images set "
                 "--set data.on_bad_image=skip --set data.check_images=true"
