@@ -2,6 +2,7 @@
 answered by a 4xx JSON error (never a 500)."""
 import io
 import struct
+import zipfile
 import zlib
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from schn.errors import SchnError
 from schn.index import HammingIndex
 from schn.serve import ServeLimits, create_app
 
@@ -362,3 +364,50 @@ def test_every_response_has_security_headers(client):
         "content-security-policy"]
     assert "<script>" not in docs.text and '/static/docs.js' in docs.text
     assert client.get("/static/docs.js").status_code == 200
+
+
+def test_refused_adds_leave_the_image_store_unchanged(client, idx, monkeypatch):
+    """Issue 12, defect 10: a refused POST /items (unknown label, duplicate id, a bad replace, a
+    commit that fails) left its images in IDX/images/, referenced by nothing."""
+    headers = {"X-API-Key": KEY}
+    before = sorted((idx / "images").iterdir())
+
+    def add(seed, path="/items", **data):
+        image = png(np.random.default_rng(seed).integers(0, 255, (8, 8)))  # new content: a new file
+        return client.post(path, files=[("images", ("a.png", image, "image/png"))], data=data, headers=headers)
+
+    assert "unknown label" in error(add(1, labels=["cat"]), 400)
+    assert "already in the index" in error(add(2, ids=["0"]), 409)
+    assert "unknown label" in error(add(3, "/items?replace=true", ids=["0"], labels=["cat"]), 400)
+    assert "NUL" in error(add(4, ids=["a\0b"]), 400)
+
+    def failing_save(self, path=None):
+        raise SchnError("the disk is full (simulated)")
+
+    monkeypatch.setattr(HammingIndex, "save", failing_save)
+    assert "disk is full" in error(add(5, ids=["new"]), 409)
+    monkeypatch.undo()
+    assert sorted((idx / "images").iterdir()) == before
+    assert add(6, ids=["new"]).status_code == 201  # a good request still stores its image
+    assert len(list((idx / "images").iterdir())) == len(before) + 1
+
+
+def test_an_upload_is_stored_without_what_was_appended_to_it(client, idx):
+    """Issue 12, defect 13: a PNG with a zip appended was stored and served byte for byte. The
+    trailer is cut off at the image's end; the image itself is kept exactly (same bytes, same pixels)."""
+    pixels = np.random.default_rng(2).integers(0, 255, (8, 8, 3))
+    polyglots = {}
+    for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP"):
+        image = png(pixels, fmt=fmt)
+        zipped = io.BytesIO()
+        with zipfile.ZipFile(zipped, "w") as archive:
+            archive.writestr("evil.html", "<script>alert(1)</script>")
+        polyglots[fmt] = image, image + zipped.getvalue()
+    files = [("images", (f"{fmt}.img", joined, "application/octet-stream")) for fmt, (_, joined) in polyglots.items()]
+    added = client.post("/items", files=files, data={"ids": list(polyglots)}, headers={"X-API-Key": KEY})
+    assert added.status_code == 201, added.text
+    for fmt, (image, _) in polyglots.items():
+        served = client.get(f"/items/{fmt}/image").content
+        assert served == image and b"PK\x03\x04" not in served, fmt
+        assert stored_image(idx, fmt) == image
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(served))), np.asarray(Image.open(io.BytesIO(image))))

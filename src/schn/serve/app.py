@@ -143,7 +143,7 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
             query = {"image": name}
 
             def codes_and_self(index):
-                image, _ = decode_upload(data, name, limits.max_pixels)
+                image, _, _ = decode_upload(data, name, limits.max_pixels)
                 return service.encode([image]), None
         else:
             raise HTTPException(415, "send multipart/form-data with a file field 'image', or application/json "
@@ -192,8 +192,9 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
 
         def run():
             decoded = [decode_upload(raw, name, limits.max_pixels) for raw, name in zip(data, names)]
-            added, replaced = service.add([d[0] for d in decoded], [d[1] for d in decoded], data, ids=ids,
-                                          labels=labels, replace=replace)
+            pictures, kinds, files = zip(*decoded)  # files: without anything appended after each image's end
+            added, replaced = service.add(list(pictures), list(kinds), list(files), ids=ids, labels=labels,
+                                          replace=replace)
             return {"added": [{"id": i, "image_url": image_url(i)} for i in added], "replaced": replaced,
                     "items": len(service.index)}
 

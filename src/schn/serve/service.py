@@ -10,8 +10,10 @@ save leaves the service on the previous, still-saved snapshot.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -97,9 +99,11 @@ class SearchService:
     # ---- mutations (one at a time) --------------------------------------------------------
     def add(self, pictures, kinds, data, ids=None, labels=None, replace: bool = False) -> tuple[list, int]:
         """Encode and add uploaded images (decoded ``pictures``, their formats and bytes), storing
-        the bytes in the index's image store. Returns (the new items' ids, how many were replaced)."""
+        the bytes in the index's image store. Returns (the new items' ids, how many were replaced).
+        The images are stored only once every check has passed (a refused request leaves no file),
+        durably before the index that refers to them is committed, and removed if that commit fails."""
         codes = self.encode(pictures)
-        paths = [images_mod.store_bytes(self.folder, raw, kind) for raw, kind in zip(data, kinds)]
+        paths = [_store_path(raw, kind) for raw, kind in zip(data, kinds)]  # nothing written yet
         with self._write_lock:
             index = copy.copy(self.index)
             if ids is None:
@@ -122,8 +126,22 @@ class SearchService:
                     raise Conflict(f"item {first!r} is already in the index; pass replace=true to replace it")
                 rows = index.add(codes, ids, labels=label_rows, paths=paths)
                 ids = index.ids_at(rows).tolist() if ids is None else ids
-            self._commit(index, old_paths)
+            with self._stored(data, kinds, paths):
+                self._commit(index, old_paths)
         return ids, replaced
+
+    @contextmanager
+    def _stored(self, data, kinds, paths):
+        """Stores the images (fsynced) for the block; if it fails, removes the files this call
+        created that the index being served does not refer to (the block's commit did not happen)."""
+        created = [p for p in dict.fromkeys(paths) if not (self.folder / p).exists()]
+        stored = [images_mod.store_bytes(self.folder, raw, kind) for raw, kind in zip(data, kinds)]
+        assert stored == paths, "schn.index.images names files differently from _store_path"
+        try:
+            yield
+        except BaseException:
+            images_mod.remove_unreferenced(self.folder, created, self.index.uses_path)
+            raise
 
     def delete(self, item_id) -> None:
         with self._write_lock:
@@ -187,6 +205,11 @@ class SearchService:
                 "dataset": index.info.get("dataset"), "searcher": index.searcher_name, "index": str(self.folder),
                 "version": index.version, "id_kind": index.id_kind or "int", "class_names": index.class_names,
                 "can_encode_images": self.encoder is not None}
+
+
+def _store_path(data: bytes, kind: str) -> str:
+    """The path ``images.store_bytes`` gives these bytes (named by their SHA-256), before writing them."""
+    return f"{images_mod.STORE}/{hashlib.sha256(data).hexdigest()}{images_mod.SUFFIXES[kind]}"
 
 
 def _short(item_id) -> str:
