@@ -84,3 +84,24 @@ def serving(app):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def milvus_server_uri(tmp_path_factory):
+    """A real Milvus standalone server for the session (tests/milvus_standalone.py: free ports,
+    authorization on), as a URI with the root user's credentials; stopped and its folder removed
+    at the end. A server that cannot start fails the tests that need it; set
+    SCHN_SKIP_MILVUS_SERVER=1 to skip them instead."""
+    import os
+    import shutil
+
+    if os.environ.get("SCHN_SKIP_MILVUS_SERVER"):
+        pytest.skip("SCHN_SKIP_MILVUS_SERVER is set")
+    from milvus_standalone import milvus_server
+
+    base = tmp_path_factory.mktemp("milvus-server")
+    try:
+        with milvus_server(base, authorization=True) as server:
+            yield server.credentials_uri
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # ~400 MB of unpacked binaries and data

@@ -1,8 +1,11 @@
-"""The ``milvus`` index backend on Milvus Lite: same answers as the exact local index, same API."""
+"""The ``milvus`` index backend on Milvus Lite and on a real Milvus server (``milvus_server_uri``):
+same answers as the exact local index, ties included, same API."""
 import itertools
+import time
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
@@ -10,15 +13,23 @@ pytest.importorskip("milvus_lite")
 from schn.codes import pack  # noqa: E402
 from schn.errors import SchnError  # noqa: E402
 from schn.index import HammingIndex, create_index_backend, open_index  # noqa: E402
-from schn.index.milvus import MilvusIndex, milvus_index  # noqa: E402
+from schn.index import milvus as milvus_mod  # noqa: E402
+from schn.index.milvus import MilvusIndex, milvus_index, shown_uri  # noqa: E402
 
 _names = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    """One Milvus Lite file for the module (each test uses its own collections)."""
-    return str(tmp_path_factory.mktemp("milvus") / "m.db")
+@pytest.fixture(scope="module", params=["lite", "server"])
+def db(request, tmp_path_factory):
+    """One Milvus location for the module, each test in its own collections: a Milvus Lite file,
+    then the session's Milvus server (a URI with credentials)."""
+    if request.param == "lite":
+        return str(tmp_path_factory.mktemp("milvus") / "m.db")
+    return request.getfixturevalue("milvus_server_uri")
+
+
+def is_lite(db) -> bool:
+    return db.endswith(".db")
 
 
 def new_index(db, bits, **options) -> MilvusIndex:
@@ -138,9 +149,14 @@ def test_string_ids(db):
     assert remote.delete(ids[:3]) == 3 and len(remote) == 5
     with pytest.raises(SchnError, match="string ids"):
         remote.add(codes[:1], ids=["line\nbreak"])
-    with pytest.raises(SchnError, match="Milvus Lite cannot delete"):
+    assert "line\nbreak" not in remote
+    if is_lite(db):
+        with pytest.raises(SchnError, match="Milvus Lite cannot delete"):
+            remote.add(codes[:1], ids=["it's"])
+        assert "it's" not in remote
+    else:  # a server escapes ids itself
         remote.add(codes[:1], ids=["it's"])
-    assert "line\nbreak" not in remote and "it's" not in remote
+        assert "it's" in remote and remote.delete(["it's"]) == 1 and "it's" not in remote
     with pytest.raises(SchnError, match="pass one id per code"):
         remote.add(codes[:1])
 
@@ -158,7 +174,7 @@ def test_reopen_keeps_manifest(db):
                                                              {"id": "s2", "label": "", "path": "c"}]
     facts = again.describe()
     assert facts["format"] == "schn-milvus" and facts["count"] == 10 and facts["collection"] == "kept"
-    assert facts["method"] == "schn" and facts["index_type"] == "BIN_FLAT" and facts["uri"] == db
+    assert facts["method"] == "schn" and facts["index_type"] == "BIN_FLAT" and facts["uri"] == shown_uri(db)
     with pytest.raises(SchnError, match="already exists"):
         milvus_index(db, 24, collection="kept")
     replaced = milvus_index(db, 8, collection="kept", overwrite=True)
@@ -180,9 +196,79 @@ def test_empty_index_and_backend_registry(db):
 def test_open_errors(db, tmp_path):
     with pytest.raises(SchnError, match="no collection nothing_here at"):
         open_index(db, collection="nothing_here")
-    missing_file = tmp_path / "absent.db"
-    with pytest.raises(SchnError, match="schn index build RUN"):
-        open_index(str(missing_file))
-    assert not missing_file.exists()
-    with pytest.raises(SchnError, match="only the BIN_FLAT"):
-        milvus_index(db, 8, collection="ivf", index_type="BIN_IVF_FLAT")
+    with pytest.raises(SchnError, match="nlist must be between 1 and 65536"):
+        milvus_index("http://127.0.0.1:19530", 8, index_type="BIN_IVF_FLAT", nlist=0)
+    if is_lite(db):
+        missing_file = tmp_path / "absent.db"
+        with pytest.raises(SchnError, match="schn index build RUN"):
+            open_index(str(missing_file))
+        assert not missing_file.exists()
+        with pytest.raises(SchnError, match="only the BIN_FLAT"):
+            milvus_index(db, 8, collection="ivf", index_type="BIN_IVF_FLAT")
+
+
+def test_server_credentials(milvus_server_uri):
+    """Credentials travel in the URI; messages and describe() never show the password."""
+    wrong = milvus_server_uri.replace(":Milvus@", ":wrong@")
+    with pytest.raises(SchnError, match=r"cannot connect to Milvus at http://root:\*\*\*@.*credentials") as err:
+        open_index(wrong, collection="anything")
+    assert "wrong" not in str(err.value)
+    without = milvus_server_uri.replace("root:Milvus@", "")
+    with pytest.raises(SchnError, match="cannot connect to Milvus at http://127.0.0.1"):
+        milvus_index(without, 8)
+    index = milvus_index(milvus_server_uri, 8, collection="shown")
+    index.add(np.zeros((1, 1), np.uint8))
+    assert index.describe()["uri"] == milvus_server_uri.replace(":Milvus@", ":***@")
+    with pytest.raises(SchnError, match=r"already exists at http://root:\*\*\*@") as err:
+        milvus_index(milvus_server_uri, 8, collection="shown")
+    assert "Milvus@" not in str(err.value)
+
+
+def test_server_unreachable(monkeypatch):
+    monkeypatch.setattr(milvus_mod, "CONNECT_TIMEOUT_S", 0.5)
+    with pytest.raises(SchnError, match="cannot connect to Milvus at http://127.0.0.1:.*check the URI"):
+        open_index(f"http://127.0.0.1:{free_port()}")
+
+
+def wait_indexed(index: MilvusIndex, timeout_s: float = 60) -> dict:
+    """Flush, then wait until the server has built the collection's index over every row."""
+    index.save()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        facts = index.client.describe_index(index.collection, "code")
+        if facts.get("indexed_rows") == len(index) and not facts.get("pending_index_rows"):
+            return facts
+        assert time.monotonic() < deadline, f"index not built within {timeout_s} s: {facts}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module", params=[12, 64])
+def ivf_pair(request, milvus_server_uri):
+    """3000 items in a local index and in a BIN_IVF_FLAT collection (16 lists), its index built."""
+    bits, n = request.param, 3000
+    rng = np.random.default_rng([bits, 1])
+    codes, ids = random_codes(rng, n, bits), rng.permutation(n).astype(np.int64)
+    local, remote = HammingIndex(bits), new_index(milvus_server_uri, bits, index_type="BIN_IVF_FLAT", nlist=16)
+    local.add(codes, ids)
+    remote.add(codes, ids)
+    facts = wait_indexed(remote)
+    assert facts["index_type"] == "BIN_IVF_FLAT" and int(facts["nlist"]) == 16
+    return local, remote, random_codes(rng, 25, bits)
+
+
+def test_ivf_index_is_exact(ivf_pair):
+    """Searches probe every list (nprobe = nlist), so IVF answers equal the exact local engine's,
+    over the indexed segment and over rows added after it (a growing segment) alike."""
+    local, remote, queries = ivf_pair
+    for _ in range(2):
+        for k in (1, 10, 50):
+            assert_same(local.search(queries, k), remote.search(queries, k))
+        for r in ((0, 2) if local.bits == 12 else (24,)):
+            for a, b in zip(local.radius_search(queries, r), remote.radius_search(queries, r)):
+                assert_same(a, b)
+        more = random_codes(np.random.default_rng(local.bits), 300, local.bits)
+        local.add(more)
+        remote.add(more)
+    again = open_index(remote.uri, collection=remote.collection)  # the index type is in the manifest
+    assert (again.index_type, again.nlist) == ("BIN_IVF_FLAT", 16)
+    assert_same(local.search(queries, 10), again.search(queries, 10))

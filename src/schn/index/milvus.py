@@ -21,9 +21,12 @@ that is not enough we fetch one distance at a time with range searches.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -36,11 +39,17 @@ FORMAT = "schn-milvus"
 FORMAT_VERSION = 1
 DEFAULT_COLLECTION = "schn_codes"
 INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
+MAX_NLIST = 65536  # Milvus' bound on nlist (and on nprobe, which searches set to nlist)
 MAX_ROWS = 16384  # Milvus' cap on search limit and on query limit + offset
 ID_BYTES, PATH_BYTES, LABEL_CHARS = 1024, 4096, 65535
 INSERT_BATCH = 10_000
 LOOKUP_BATCH = 2000  # ids per `id in [...]` query (always with an explicit limit: Lite truncates otherwise)
 INSTALL_HINT = "the Milvus backend needs pymilvus and milvus-lite: pip install 'schn[milvus]'"
+# Reads see every write of this process (pymilvus sends the last write's timestamp) and whatever
+# else the server has applied. "Strong" waits for a Milvus server's next time tick (~200 ms) on
+# every read, which made each search and each step of the id bisection cost a quarter of a second.
+READ_CONSISTENCY = "Session"
+CONNECT_TIMEOUT_S = 10
 
 
 def _pymilvus(local: bool):
@@ -56,6 +65,28 @@ def _pymilvus(local: bool):
     return pymilvus
 
 
+def shown_uri(uri: str) -> str:
+    """A location as messages and ``describe()`` show it: a password in a server URI becomes ***."""
+    parts = urlsplit(uri) if uri.startswith(MILVUS_PREFIXES) else None
+    if parts is None or parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"))
+
+
+@contextmanager
+def _quiet_pymilvus():
+    """pymilvus logs a failed connection at ERROR before raising; the SchnError says it once."""
+    loggers = [logging.getLogger(name) for name in ("pymilvus", "pymilvus.milvus_client")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _connect(uri: str, collection: str, must_exist: bool):
     local = not uri.startswith(MILVUS_PREFIXES)
     if local and must_exist and not Path(uri).is_file():
@@ -63,16 +94,21 @@ def _connect(uri: str, collection: str, must_exist: bool):
     if local:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
     pymilvus = _pymilvus(local)
+    import grpc  # a dependency of pymilvus; a refused login arrives as a bare gRPC error
+
     try:
-        return pymilvus.MilvusClient(uri=uri)
-    except pymilvus.MilvusException as exc:
-        hint = "is it a Milvus Lite file, not open in another process?" if local else "check the URI and the server"
-        raise SchnError(f"cannot connect to Milvus at {uri} ({exc.message}); {hint}") from None
+        with _quiet_pymilvus():
+            return pymilvus.MilvusClient(uri=uri, timeout=CONNECT_TIMEOUT_S)
+    except (pymilvus.MilvusException, grpc.RpcError) as exc:
+        reason = exc.message if isinstance(exc, pymilvus.MilvusException) else exc.details()
+        hint = ("is it a Milvus Lite file, not open in another process?" if local else
+                "check the URI, the server, and the credentials (http://USER:PASSWORD@host:port)")
+        raise SchnError(f"cannot connect to Milvus at {shown_uri(uri)} ({reason}); {hint}") from None
 
 
 def _missing(uri, collection) -> str:
-    return (f"no collection {collection} at {uri}; "
-            f"build one with `schn index build RUN -o {uri} --collection {collection}`")
+    return (f"no collection {collection} at {shown_uri(uri)}; "
+            f"build one with `schn index build RUN -o {shown_uri(uri)} --collection {collection}`")
 
 
 def _read_manifest(client, uri: str, collection: str) -> dict:
@@ -81,10 +117,10 @@ def _read_manifest(client, uri: str, collection: str) -> dict:
     except json.JSONDecodeError:
         manifest = None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise SchnError(f"collection {collection} at {uri} is not a schn index (no {FORMAT} manifest in its "
+        raise SchnError(f"collection {collection} at {shown_uri(uri)} is not a schn index (no {FORMAT} manifest in its "
                         "description); choose another collection")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise SchnError(f"collection {collection} at {uri} was written by a newer schn; upgrade schn")
+        raise SchnError(f"collection {collection} at {shown_uri(uri)} was written by a newer schn; upgrade schn")
     return manifest
 
 
@@ -110,6 +146,7 @@ class MilvusIndex(CodeIndex):
         self.info = dict(info or {})
         self.index_type, self.nlist, self._created = index_type, int(nlist), created
         self._lite, self._overwrite = not uri.startswith(MILVUS_PREFIXES), overwrite
+        self._deleted = False  # a delete since the last read (see _consistency)
 
     # ---- collection ---------------------------------------------------------------------
     def manifest(self) -> dict:
@@ -123,7 +160,7 @@ class MilvusIndex(CodeIndex):
         pymilvus = _pymilvus(False)
         if self.client.has_collection(self.collection):
             if not self._overwrite:
-                raise SchnError(f"collection {self.collection} at {self.uri} was created meanwhile; open it, or "
+                raise SchnError(f"collection {self.collection} at {shown_uri(self.uri)} was created meanwhile; open it, or "
                                 "choose another collection name")
             _read_manifest(self.client, self.uri, self.collection)  # only ever replace a schn index
             self.client.drop_collection(self.collection)
@@ -146,12 +183,18 @@ class MilvusIndex(CodeIndex):
                                       consistency_level="Strong")
         self._created = True
         if self.client.describe_collection(self.collection).get("description") != description:
-            raise SchnError(f"Milvus at {self.uri} shortened the manifest of collection {self.collection} "
+            raise SchnError(f"Milvus at {shown_uri(self.uri)} shortened the manifest of collection {self.collection} "
                             f"({len(description)} characters, mostly class names); use fewer or shorter class names")
+
+    def _consistency(self) -> str:
+        """READ_CONSISTENCY, but "Strong" for the first read after a delete: Milvus 2.3 servers
+        answer a delete without its timestamp, so a "Session" read could still see the rows."""
+        level, self._deleted = ("Strong" if self._deleted else READ_CONSISTENCY), False
+        return level
 
     def _query(self, expr: str, fields, limit=None) -> list:
         return self.client.query(self.collection, filter=expr, output_fields=list(fields), limit=limit,
-                                 consistency_level="Strong")
+                                 consistency_level=self._consistency())
 
     def _count(self, expr: str = "") -> int:
         return int(self._query(expr, ["count(*)"])[0]["count(*)"]) if self._created else 0
@@ -262,6 +305,7 @@ class MilvusIndex(CodeIndex):
         for start in range(0, len(present), LOOKUP_BATCH):
             chunk = present[start:start + LOOKUP_BATCH]
             self.client.delete(self.collection, filter=f"id in [{','.join(map(_literal, chunk))}]")
+            self._deleted = True
         return len(present)
 
     # ---- search ---------------------------------------------------------------------------
@@ -274,7 +318,7 @@ class MilvusIndex(CodeIndex):
         for start in range(0, len(queries), batch):
             found = self.client.search(self.collection, data=[q.tobytes() for q in queries[start:start + batch]],
                                        limit=limit, search_params={"metric_type": "HAMMING", "params": params},
-                                       consistency_level="Strong")
+                                       consistency_level=self._consistency())
             out += [([h["id"] for h in hits], [int(h["distance"]) for h in hits]) for hits in found]
         return out
 
@@ -343,7 +387,7 @@ class MilvusIndex(CodeIndex):
     def save(self, path=None) -> str:
         """Milvus persists every write; this creates a still-empty collection and flushes."""
         if path is not None and str(path) != self.uri:
-            raise SchnError(f"this index lives in collection {self.collection} at {self.uri}; "
+            raise SchnError(f"this index lives in collection {self.collection} at {shown_uri(self.uri)}; "
                             "save() takes no other path")
         self._ensure_collection(self.id_kind or "int")
         self.client.flush(self.collection)
@@ -364,7 +408,7 @@ class MilvusIndex(CodeIndex):
     def describe(self) -> dict:
         out = self.manifest()
         info = out.pop("info")
-        out.update({k: v for k, v in info.items() if k not in out}, count=len(self), uri=self.uri,
+        out.update({k: v for k, v in info.items() if k not in out}, count=len(self), uri=shown_uri(self.uri),
                    collection=self.collection)
         return out
 
@@ -383,12 +427,14 @@ def milvus_index(location, bits: int, *, collection=None, id_kind=None, class_na
         raise SchnError(f"unknown Milvus index type {index_type!r}; choose one of: {', '.join(INDEX_TYPES)}")
     if index_type != "BIN_FLAT" and not uri.startswith(MILVUS_PREFIXES):
         raise SchnError(f"Milvus Lite supports only the BIN_FLAT index; use it, or a Milvus server for {index_type}")
+    if index_type == "BIN_IVF_FLAT" and not 1 <= int(nlist) <= MAX_NLIST:
+        raise SchnError(f"nlist must be between 1 and {MAX_NLIST}, got {nlist}")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", collection):
         raise SchnError(f"collection name {collection!r} is invalid; use letters, digits and underscores")
     client = _connect(uri, collection, must_exist=False)
     if client.has_collection(collection):
         if not overwrite:
-            raise SchnError(f"collection {collection} already exists at {uri}; open it, or choose another "
+            raise SchnError(f"collection {collection} already exists at {shown_uri(uri)}; open it, or choose another "
                             "collection name (or overwrite it)")
         _read_manifest(client, uri, collection)
     return MilvusIndex(client, uri, collection, bits, id_kind=id_kind, class_names=class_names, info=info,
