@@ -107,3 +107,20 @@ def test_feature_view_items():
     x, y, p = view[0]
     assert x.dtype == y.dtype == torch.float32 and p == 0
     assert x.tolist() == [6, 7, 8] and y.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("planted", ["object-array", "labels", "garbage"])
+def test_a_planted_cache_file_is_never_unpickled(tmp_path, planted):
+    from schn.errors import SchnError
+
+    data = FakeData()
+    path = cache_path(str(tmp_path), cache_key(data.fingerprint, cfg(tmp_path)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if planted == "object-array":
+        np.save(path, np.array([{"a": 1}] * 6, dtype=object), allow_pickle=True)
+    elif planted == "labels":
+        np.save(path, np.zeros((6, 3), np.uint8))
+    else:
+        path.write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(SchnError, match="delete it"):
+        cached_features(data, cfg(tmp_path), progress=False)

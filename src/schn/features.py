@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .backbones import ModelConfig
+from .errors import SchnError, one_line
 from .fileio import atomic_path, sha256_file, write_json
 
 FORMAT_VERSION = 1
@@ -75,7 +76,7 @@ def cached_features(dataset, cfg: ModelConfig, batch_size: int = 128, num_worker
     key = cache_key(dataset.fingerprint, cfg)
     path = cache_path(cfg.cache_dir, key)
     if path.is_file():
-        feats = np.load(path, mmap_mode="r")
+        feats = _load_cache(path)
         if feats.shape[0] == len(dataset):
             return feats
     with torch.random.fork_rng(devices=[]):
@@ -103,7 +104,20 @@ def cached_features(dataset, cfg: ModelConfig, batch_size: int = 128, num_worker
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, out)
     write_json(path.with_suffix(".json"), meta)
-    return np.load(path, mmap_mode="r")
+    return _load_cache(path)
+
+
+def _load_cache(path: Path) -> np.ndarray:
+    """A cached feature matrix, memory-mapped; never unpickled (an object array is refused)."""
+    try:
+        feats = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise SchnError(f"feature cache {path} is unreadable ({one_line(exc)}); delete it to compute the "
+                        "features again") from None
+    if feats.ndim != 2 or feats.dtype.kind != "f":
+        raise SchnError(f"feature cache {path} holds a {feats.dtype} array of shape {feats.shape}, not features; "
+                        "delete it to compute the features again")
+    return feats
 
 
 class FeatureView(Dataset):
