@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -65,7 +66,13 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
     limits = limits or ServeLimits()
     service = SearchService(index_path, run_dir, device=device, searcher=searcher, verify=verify)
     stats = RequestStats()
-    app = FastAPI(title="schn search service", version="1", docs_url=None, redoc_url=None,
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.close()  # waits for a running compaction; releases the index's writer lock
+
+    app = FastAPI(title="schn search service", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Find similar images by Hamming distance between learned binary codes.")
     app.state.service, app.state.stats, app.state.limits = service, stats, limits
     app.add_middleware(RequestGuard, stats=stats, max_body=limits.max_request_bytes, body_timeout=limits.body_timeout)
