@@ -1,11 +1,11 @@
 """The ``milvus`` index backend on Milvus Lite and on a real Milvus server (``milvus_server_uri``):
 same answers as the exact local index, ties included, same API."""
 import itertools
-import time
 
 import numpy as np
 import pytest
 from conftest import free_port
+from milvus_standalone import wait_sealed
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
@@ -100,7 +100,8 @@ def test_results_past_milvus_row_cap(db):
         crowded.search(pack(np.ones((1, 1))), 3)
 
 
-def test_mutations_like_local(db):
+def test_mutations_like_local(db, monkeypatch):
+    monkeypatch.setattr(milvus_mod, "INSERT_BYTES", 500)  # inserts in many small messages
     rng = np.random.default_rng(5)
     bits, names = 20, ["cat", "dog", "eel"]
     local, remote = HammingIndex(bits, class_names=names), new_index(db, bits, class_names=names)
@@ -198,6 +199,12 @@ def test_open_errors(db, tmp_path):
         open_index(db, collection="nothing_here")
     with pytest.raises(SchnError, match="nlist must be between 1 and 65536"):
         milvus_index("http://127.0.0.1:19530", 8, index_type="BIN_IVF_FLAT", nlist=0)
+    with pytest.raises(SchnError, match="between 1 and 32768 bits"):
+        milvus_index(db, 32769)
+    big = milvus_index(db, 8, collection="big", class_names=[f"c{i:07d}" for i in range(100_000)])
+    with pytest.raises(SchnError, match="manifest .* is larger than Milvus stores"):  # a server's etcd refuses it
+        big.add(np.zeros((1, 1), np.uint8))
+    assert not big.client.has_collection("big")
     if is_lite(db):
         missing_file = tmp_path / "absent.db"
         with pytest.raises(SchnError, match="schn index build RUN"):
@@ -230,45 +237,43 @@ def test_server_unreachable(monkeypatch):
         open_index(f"http://127.0.0.1:{free_port()}")
 
 
-def wait_indexed(index: MilvusIndex, timeout_s: float = 60) -> dict:
-    """Flush, then wait until the server has built the collection's index over every row."""
-    index.save()
-    deadline = time.monotonic() + timeout_s
-    while True:
-        facts = index.client.describe_index(index.collection, "code")
-        if facts.get("indexed_rows") == len(index) and not facts.get("pending_index_rows"):
-            return facts
-        assert time.monotonic() < deadline, f"index not built within {timeout_s} s: {facts}"
-        time.sleep(0.5)
-
-
-@pytest.fixture(scope="module", params=[12, 64])
-def ivf_pair(request, milvus_server_uri):
-    """3000 items in a local index and in a BIN_IVF_FLAT collection (16 lists), its index built."""
-    bits, n = request.param, 3000
+@pytest.fixture(scope="module")
+def sealed(milvus_server_uri):
+    """3000 items (12 bits: many ties) in a local index and in a BIN_FLAT and a BIN_IVF_FLAT
+    collection (16 lists), both served from sealed, indexed segments (tests before this one search
+    the growing segments that hold fresh rows)."""
+    bits, n = 12, 3000
     rng = np.random.default_rng([bits, 1])
     codes, ids = random_codes(rng, n, bits), rng.permutation(n).astype(np.int64)
-    local, remote = HammingIndex(bits), new_index(milvus_server_uri, bits, index_type="BIN_IVF_FLAT", nlist=16)
+    local = HammingIndex(bits)
     local.add(codes, ids)
-    remote.add(codes, ids)
-    facts = wait_indexed(remote)
+    remotes = [new_index(milvus_server_uri, bits), new_index(milvus_server_uri, bits, index_type="BIN_IVF_FLAT", nlist=16)]
+    for remote in remotes:
+        remote.add(codes, ids)
+        remote.save()
+    for remote in remotes:  # both flushed first: the server seals and indexes them meanwhile
+        wait_sealed(remote)
+    facts = remotes[1].client.describe_index(remotes[1].collection, "code")
     assert facts["index_type"] == "BIN_IVF_FLAT" and int(facts["nlist"]) == 16
-    return local, remote, random_codes(rng, 25, bits)
+    return local, remotes, random_codes(rng, 25, bits)
 
 
-def test_ivf_index_is_exact(ivf_pair):
-    """Searches probe every list (nprobe = nlist), so IVF answers equal the exact local engine's,
-    over the indexed segment and over rows added after it (a growing segment) alike."""
-    local, remote, queries = ivf_pair
-    for _ in range(2):
-        for k in (1, 10, 50):
-            assert_same(local.search(queries, k), remote.search(queries, k))
-        for r in ((0, 2) if local.bits == 12 else (24,)):
-            for a, b in zip(local.radius_search(queries, r), remote.radius_search(queries, r)):
-                assert_same(a, b)
+def test_sealed_segments_and_ivf_are_exact(sealed):
+    """Sealed segments answer like growing ones. BIN_IVF_FLAT searches probe every list (nprobe =
+    nlist), which makes its k-NN search exact; its range search is not (it misses items even then),
+    so radius searches there are k-NN searches with a growing limit."""
+    local, remotes, queries = sealed
+    for _ in range(2):  # the second time with 300 more rows in a growing segment
+        for remote in remotes:
+            for k in (1, 10, 50):
+                assert_same(local.search(queries, k), remote.search(queries, k))
+            for r in (0, 2, 3, 12):  # 12: every row
+                for a, b in zip(local.radius_search(queries, r), remote.radius_search(queries, r)):
+                    assert_same(a, b)
         more = random_codes(np.random.default_rng(local.bits), 300, local.bits)
-        local.add(more)
-        remote.add(more)
-    again = open_index(remote.uri, collection=remote.collection)  # the index type is in the manifest
+        for index in (local, *remotes):
+            index.add(more)
+    ivf = remotes[1]
+    again = open_index(ivf.uri, collection=ivf.collection)  # the index type is in the manifest
     assert (again.index_type, again.nlist) == ("BIN_IVF_FLAT", 16)
     assert_same(local.search(queries, 10), again.search(queries, 10))

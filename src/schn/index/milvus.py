@@ -39,10 +39,14 @@ FORMAT = "schn-milvus"
 FORMAT_VERSION = 1
 DEFAULT_COLLECTION = "schn_codes"
 INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
+MAX_BITS = 32768  # Milvus' largest vector dimension
 MAX_NLIST = 65536  # Milvus' bound on nlist (and on nprobe, which searches set to nlist)
 MAX_ROWS = 16384  # Milvus' cap on search limit and on query limit + offset
 ID_BYTES, PATH_BYTES, LABEL_CHARS = 1024, 4096, 65535
 INSERT_BATCH = 10_000
+INSERT_BYTES = 16 << 20  # a Milvus server refuses gRPC messages over 64 MiB (Lite has no such limit)
+# etcd, where a server keeps the description, refuses requests over 1.5 MiB; Lite stores anything
+MAX_MANIFEST_BYTES = 1 << 20
 LOOKUP_BATCH = 2000  # ids per `id in [...]` query (always with an explicit limit: Lite truncates otherwise)
 INSTALL_HINT = "the Milvus backend needs pymilvus and milvus-lite: pip install 'schn[milvus]'"
 # Reads see every write of this process (pymilvus sends the last write's timestamp) and whatever
@@ -131,6 +135,12 @@ def _literal(item_id) -> str:
     return str(int(item_id))
 
 
+def _row_bytes(row: dict) -> int:
+    """About what a row adds to an insert message."""
+    text = (row["id"] if isinstance(row["id"], str) else "") + row["label"] + row["path"]
+    return 16 + len(row["code"]) + len(text.encode())
+
+
 def _id_array(values, kind) -> np.ndarray:
     return np.array(values, dtype=str) if kind == "str" else np.array(values, dtype=np.int64)
 
@@ -158,6 +168,11 @@ class MilvusIndex(CodeIndex):
         if self._created:
             return
         pymilvus = _pymilvus(False)
+        self.id_kind = self.id_kind or kind
+        description = json.dumps(self.manifest(), default=str)
+        if len(description.encode()) > MAX_MANIFEST_BYTES:
+            raise SchnError(f"the index manifest ({len(description.encode()):,} bytes, mostly class names) is larger "
+                            f"than Milvus stores ({MAX_MANIFEST_BYTES:,}); use fewer or shorter class names")
         if self.client.has_collection(self.collection):
             if not self._overwrite:
                 raise SchnError(f"collection {self.collection} at {shown_uri(self.uri)} was created meanwhile; open it, or "
@@ -166,8 +181,6 @@ class MilvusIndex(CodeIndex):
             self.client.drop_collection(self.collection)
             # pymilvus caches schemas by collection name and would pack rows for the dropped one
             getattr(self.client._get_connection(), "schema_cache", {}).pop(self.collection, None)
-        self.id_kind = self.id_kind or kind
-        description = json.dumps(self.manifest(), default=str)
         schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
         if self.id_kind == "int":
             schema.add_field("id", pymilvus.DataType.INT64, is_primary=True)
@@ -179,8 +192,12 @@ class MilvusIndex(CodeIndex):
         index_params = self.client.prepare_index_params()
         index_params.add_index(field_name="code", index_type=self.index_type, metric_type="HAMMING",
                                params={"nlist": self.nlist} if self.index_type == "BIN_IVF_FLAT" else {})
-        self.client.create_collection(self.collection, schema=schema, index_params=index_params,
-                                      consistency_level="Strong")
+        try:
+            self.client.create_collection(self.collection, schema=schema, index_params=index_params,
+                                          consistency_level="Strong")
+        except pymilvus.MilvusException as exc:
+            raise SchnError(f"Milvus at {shown_uri(self.uri)} cannot create collection {self.collection} "
+                            f"({exc.message}); check the server's limits and logs") from None
         self._created = True
         if self.client.describe_collection(self.collection).get("description") != description:
             raise SchnError(f"Milvus at {shown_uri(self.uri)} shortened the manifest of collection {self.collection} "
@@ -272,8 +289,16 @@ class MilvusIndex(CodeIndex):
     def _write(self, method, codes, ids, labels, paths) -> None:
         rows = [{"id": item_id, "code": codes[i].tobytes(), "label": "" if labels is None else labels[i],
                  "path": "" if paths is None else paths[i]} for i, item_id in enumerate(ids)]
-        for start in range(0, len(rows), INSERT_BATCH):
-            method(self.collection, rows[start:start + INSERT_BATCH])
+        batch, size = [], 0
+        for row in rows:
+            row_size = _row_bytes(row)
+            if batch and (len(batch) == INSERT_BATCH or size + row_size > INSERT_BYTES):
+                method(self.collection, batch)
+                batch, size = [], 0
+            batch.append(row)
+            size += row_size
+        if batch:
+            method(self.collection, batch)
 
     def add(self, codes, ids=None, labels=None, paths=None) -> np.ndarray:
         """Insert items; ids must be new. Returns their ids."""
@@ -324,6 +349,9 @@ class MilvusIndex(CodeIndex):
 
     def _at_distance(self, query, d: int) -> tuple[list, list]:
         """Every item at exactly distance ``d`` (range search: range_filter <= distance < radius)."""
+        if self.index_type == "BIN_IVF_FLAT":
+            raise SchnError(f"more than {MAX_ROWS - 1} results reach one distance, and a BIN_IVF_FLAT collection has "
+                            "no exact range search to complete them; use a smaller k or radius, BIN_FLAT, or a local index")
         ids, dist = self._search(query[None], MAX_ROWS, {"radius": d + 1, "range_filter": d})[0]
         if len(ids) >= MAX_ROWS:
             raise SchnError(f"more than {MAX_ROWS - 1} items lie at Hamming distance {d} of a query, more than Milvus "
@@ -374,6 +402,8 @@ class MilvusIndex(CodeIndex):
         r, n = min(int(r), self.bits), len(self)
         if n == 0:
             return [Neighbors(*self._sorted([], []), None) for _ in queries]
+        if self.index_type == "BIN_IVF_FLAT":
+            return self._within_by_knn(queries, r, n)
         limit = min(n, MAX_ROWS)
         out = []
         for query, (ids, dist) in zip(queries, self._search(queries, limit, {"radius": r + 1, "range_filter": 0})):
@@ -382,6 +412,23 @@ class MilvusIndex(CodeIndex):
                 ids, dist = sum((x for x, _ in layers), []), sum((d for _, d in layers), [])
             out.append(Neighbors(*self._sorted(ids, dist), None))
         return out
+
+    def _within_by_knn(self, queries, r: int, n: int) -> list[Neighbors]:
+        """Radius search by k-NN searches with a growing limit: a server's range search on a
+        BIN_IVF_FLAT index misses items even when it probes every list (its k-NN search does not)."""
+        found, todo, limit = [None] * len(queries), list(range(len(queries))), min(64, n, MAX_ROWS)
+        while todo:
+            retry = []
+            for i, (ids, dist) in zip(todo, self._search(queries[todo], limit, {})):
+                if len(ids) < limit or limit >= n or dist[-1] > r:  # every item within r is here
+                    keep = [j for j, d in enumerate(dist) if d <= r]
+                    found[i] = Neighbors(*self._sorted([ids[j] for j in keep], [dist[j] for j in keep]), None)
+                elif limit < MAX_ROWS:
+                    retry.append(i)
+                else:
+                    self._at_distance(queries[i], r)  # refuses: more items within r than one search returns
+            todo, limit = retry, min(4 * limit, n, MAX_ROWS)
+        return found
 
     # ---- persistence ----------------------------------------------------------------------
     def save(self, path=None) -> str:
@@ -419,8 +466,8 @@ def milvus_index(location, bits: int, *, collection=None, id_kind=None, class_na
     """A new index in a new collection, created at the first add/upsert or at save(); ``overwrite``
     then drops an existing schn collection of that name."""
     uri, collection = str(location), collection or DEFAULT_COLLECTION
-    if int(bits) < 1:
-        raise SchnError(f"code length must be at least 1 bit, got {bits}")
+    if not 1 <= int(bits) <= MAX_BITS:
+        raise SchnError(f"code length must be between 1 and {MAX_BITS} bits for Milvus, got {bits}")
     if id_kind not in (None, *ids_mod.KINDS):
         raise SchnError(f"id kind must be one of {ids_mod.KINDS}, got {id_kind!r}")
     if index_type not in INDEX_TYPES:
