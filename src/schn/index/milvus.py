@@ -16,7 +16,12 @@ first labels, the class names are known.
 Results equal the local index's exactly: Milvus returns the k smallest distances but breaks ties
 at the k-th distance arbitrarily, so we fetch more until the tie group is complete, then order by
 (distance, id). Milvus caps every result (search limit, query limit + offset) at 16384 rows; where
-that is not enough we fetch one distance at a time with range searches.
+that is not enough we fetch one distance at a time with range searches. ``BIN_IVF_FLAT`` (servers
+only) is searched with nprobe = nlist, which makes its k-NN search exact; its range search is not
+(it misses items), so radius searches there are k-NN searches with a growing limit.
+
+A server location may carry credentials (``http://USER:PASSWORD@host:19530``); messages and
+``describe()`` show the password as ``***``. Reads use "Session" consistency (see READ_CONSISTENCY).
 """
 from __future__ import annotations
 
