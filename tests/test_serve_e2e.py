@@ -123,3 +123,25 @@ def test_page_searches_by_upload_and_by_clicking_a_result(service, tmp_path):
             assert all("status of 4" in m for m in problems), problems
         finally:
             browser.close()
+
+
+def test_docs_page_works_under_its_content_security_policy(service):
+    """Issue 12, defect 13: /docs now has a Content-Security-Policy that refuses inline scripts;
+    Swagger UI still starts (from /static/docs.js) and lists every operation."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(15_000)
+            problems = []
+            page.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.goto(service + "/docs")
+            page.wait_for_selector(".swagger-ui .opblock")
+            assert "schn search service" in page.inner_text(".swagger-ui .info")
+            assert page.locator(".swagger-ui .opblock").count() >= 7
+            assert not problems, problems
+        finally:
+            browser.close()
