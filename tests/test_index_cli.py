@@ -120,3 +120,110 @@ def test_the_same_commands_work_on_milvus_lite(run_dir, tmp_path, capsys):
     assert from_milvus == json.loads(capsys.readouterr().out)["results"]  # ids, distances, labels, paths
     assert main(["index", "info", db, "--collection", "digits"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == len(HammingIndex.open(local))
+
+
+def tree(folder):
+    """Every path under ``folder`` with its bytes (files) or None (folders)."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_build_never_deletes_what_it_did_not_write(run_dir, tmp_path, capsys):
+    """Issue 12, defect 1: `index build -o DIR` deleted every sub-folder of DIR named v*."""
+    user = tmp_path / "U"
+    for name in ("vacation", "videos", "work"):
+        (user / name).mkdir(parents=True)
+        (user / name / "keep.txt").write_text(name)
+    before = tree(user)
+    for extra in ([], ["--overwrite"], ["--store-images"]):
+        assert main(["index", "build", str(run_dir), "-o", str(user), "--quiet", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not a schn index" in err and "Traceback" not in err
+        assert tree(user) == before  # refused before anything was written
+    # inside an index folder, a user's own folders (even named like a version) survive rebuilds
+    idx = tmp_path / "idx"
+    assert main(["index", "build", str(run_dir), "-o", str(idx), "--quiet"]) == 0
+    for name in ("vacation", "videos", "v000099-abcdef", ".tmp-vacation"):
+        (idx / name).mkdir()
+        (idx / name / "keep.txt").write_text(name)
+    first = json.loads((idx / "manifest.json").read_text())["data"]
+    assert main(["index", "build", str(run_dir), "-o", str(idx), "--quiet", "--overwrite"]) == 0
+    current = json.loads((idx / "manifest.json").read_text())["data"]
+    assert not (idx / first).exists() and (idx / current).is_dir()
+    for name in ("vacation", "videos", "v000099-abcdef", ".tmp-vacation"):
+        assert (idx / name / "keep.txt").read_text() == name
+    # the API refuses the same way
+    from schn.errors import SchnError
+    from schn.index import create_index_backend
+
+    index = HammingIndex(8)
+    index.add(np.arange(3, dtype=np.uint8)[:, None])
+    with pytest.raises(SchnError, match="not a schn index"):
+        index.save(user)
+    with pytest.raises(SchnError, match="not a schn index"):
+        create_index_backend("local", str(user), bits=8, overwrite=True)
+    assert tree(user) == before
+
+
+def small_index(folder):
+    index = HammingIndex(8, class_names=["a", "b"], info={"method": "schn"})
+    index.add(np.arange(6, dtype=np.uint8)[:, None], labels=np.eye(2, dtype=np.uint8)[[0, 1, 0, 1, 0, 1]],
+              paths=[f"{i}.png" for i in range(6)])
+    index.save(folder)
+    return folder
+
+
+def _set(path, value):
+    def change(m):
+        *parents, last = path
+        for key in parents:
+            m = m[key]
+        if value is KeyError:
+            del m[last]
+        else:
+            m[last] = value
+    return change
+
+
+CORRUPTIONS = {
+    "bits text": _set(["bits"], "abc"), "bits zero": _set(["bits"], 0), "bits negative": _set(["bits"], -8),
+    "bits bool": _set(["bits"], True), "bits float": _set(["bits"], 8.0), "bits huge": _set(["bits"], 10**9),
+    "bytes_per_code": _set(["bytes_per_code"], 99), "count negative": _set(["count"], -1),
+    "count text": _set(["count"], "6"), "count null": _set(["count"], None), "version text": _set(["version"], "1"),
+    "version zero": _set(["version"], 0), "id_kind": _set(["id_kind"], "float"), "data number": _set(["data"], 5),
+    "data up": _set(["data"], ".."), "data escapes": _set(["data"], "../other"), "data slash": _set(["data"], "a/b"),
+    "data absolute": _set(["data"], "/etc"), "files text": _set(["files"], "x"), "files list": _set(["files"], []),
+    "codes entry text": _set(["files", "codes.npy"], "x"), "codes bytes text": _set(["files", "codes.npy", "bytes"], "9"),
+    "codes sha number": _set(["files", "codes.npy", "sha256"], 5), "no ids file": _set(["files", "ids.npy"], KeyError),
+    "unknown file": _set(["files", "../../x.npy"], {"bytes": 1, "sha256": "0" * 64}),
+    "class_names text": _set(["class_names"], "ab"), "class_names numbers": _set(["class_names"], [1, 2]),
+    "format_version text": _set(["format_version"], "1"), "method number": _set(["method"], 5),
+    "retired foreign": _set(["retired"], ["../../home"]), "no bits": _set(["bits"], KeyError),
+    "not an object": lambda m: m.clear() or m.update({"format": "schn-index", "files": [1]}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_a_damaged_manifest_is_one_line(tmp_path, capsys, name):
+    """Issue 12, defect 7: a manifest with wrong field types gave tracebacks."""
+    idx = small_index(tmp_path / "idx")
+    manifest = json.loads((idx / "manifest.json").read_text())
+    CORRUPTIONS[name](manifest)
+    (idx / "manifest.json").write_text(json.dumps(manifest))
+    for command in (["index", "info", str(idx)], ["search", str(idx), "--id", "1"], ["index", "delete", str(idx), "1"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        assert "damaged" in err or "not a schn index" in err, err
+
+
+def test_compact_folds_the_journal(tmp_path, capsys):
+    idx = small_index(tmp_path / "idx")
+    assert main(["index", "delete", str(idx), "1", "4"]) == 0
+    version = json.loads((idx / "manifest.json").read_text())["version"]
+    assert len(list(idx.glob("journal-*.log"))) == 1  # the delete was journaled, not a new version
+    assert main(["index", "compact", str(idx)]) == 0
+    assert "folded 2" in capsys.readouterr().out
+    manifest = json.loads((idx / "manifest.json").read_text())
+    assert manifest["version"] == version + 1 and manifest["count"] == 4 and not list(idx.glob("journal-*.log"))
+    assert sorted(p.name for p in idx.iterdir() if p.is_dir()) == [manifest["data"]]
+    assert HammingIndex.open(idx).ids.tolist() == [0, 2, 3, 5]

@@ -6,6 +6,7 @@ A location is an index folder, a Milvus Lite file (``*.db``) or a Milvus URI (``
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 from .errors import SchnError
 
@@ -18,7 +19,20 @@ def _open(args, writer: bool = False):
     verify, searcher = not getattr(args, "no_verify", False), getattr(args, "searcher", "auto")
     if writer and not is_milvus_location(args.index):
         return HammingIndex.open(args.index, verify=verify, searcher=searcher, writer=True)
-    return open_index(args.index, collection=args.collection, verify=verify, searcher=searcher)
+    return open_index(args.index, collection=getattr(args, "collection", None), verify=verify, searcher=searcher)
+
+
+@contextmanager
+def _writing(args):
+    """The index, opened to change it; a local one's writer lock is held until the block ends."""
+    from .index import HammingIndex
+
+    index = _open(args, writer=True)
+    try:
+        yield index
+    finally:
+        if isinstance(index, HammingIndex):
+            index.release_writer_lock()
 
 
 def _user_ids(index, raw: list[str]):
@@ -44,43 +58,43 @@ def cmd_index_build(args) -> int:
 def cmd_index_add(args) -> int:
     from .index.build import encode_for_index
 
-    index = _open(args, writer=True)
-    packed, files = encode_for_index(index, args.paths, run_dir=args.run, device=args.device, progress=not args.quiet)
-    ids, paths = [str(p) for p in files], [str(p.resolve()) for p in files]
-    if args.store_images:
-        from .index import HammingIndex
-        from .index.images import store_all
+    with _writing(args) as index:
+        packed, files = encode_for_index(index, args.paths, run_dir=args.run, device=args.device, progress=not args.quiet)
+        ids, paths = [str(p) for p in files], [str(p.resolve()) for p in files]
+        if args.store_images:
+            from .index import HammingIndex
+            from .index.images import store_all
 
-        if not isinstance(index, HammingIndex):
-            raise SchnError("--store-images needs a local index folder, not a Milvus location")
-        paths = store_all(args.index, files)  # durable before the index that refers to them is saved
-    if args.upsert:
-        replaced, added = index.upsert(packed, ids=ids, paths=paths)
-    else:
-        index.add(packed, ids=ids, paths=paths)
-        replaced, added = 0, len(files)
-    index.save()
-    print(f"index {args.index}: added {added}, replaced {replaced}; {len(index)} items")
+            if not isinstance(index, HammingIndex):
+                raise SchnError("--store-images needs a local index folder, not a Milvus location")
+            paths = store_all(args.index, files)  # durable before the index that refers to them is saved
+        if args.upsert:
+            replaced, added = index.upsert(packed, ids=ids, paths=paths)
+        else:
+            index.add(packed, ids=ids, paths=paths)
+            replaced, added = 0, len(files)
+        index.save()
+        print(f"index {args.index}: added {added}, replaced {replaced}; {len(index)} items")
     return 0
 
 
 def cmd_index_delete(args) -> int:
-    index = _open(args, writer=True)
-    removed = index.delete(_user_ids(index, args.ids), missing="ignore" if args.missing_ok else "error")
-    index.save()
-    print(f"index {args.index}: removed {removed}; {len(index)} items")
+    with _writing(args) as index:
+        removed = index.delete(_user_ids(index, args.ids), missing="ignore" if args.missing_ok else "error")
+        index.save()
+        print(f"index {args.index}: removed {removed}; {len(index)} items")
     return 0
 
 
 def cmd_index_compact(args) -> int:
-    from .index import HammingIndex, is_milvus_location
+    from .index import is_milvus_location
 
     if is_milvus_location(args.index):
         raise SchnError("compact is for local index folders; Milvus compacts its own collections")
-    index = HammingIndex.open(args.index, verify=not args.no_verify, writer=True)
-    folded = index.journal_items
-    index.compact()
-    print(f"index {args.index}: folded {folded} journaled changes into version {index.version}; {len(index)} items")
+    with _writing(args) as index:
+        folded = index.journal_items
+        index.compact()
+        print(f"index {args.index}: folded {folded} journaled changes into version {index.version}; {len(index)} items")
     return 0
 
 

@@ -1,10 +1,11 @@
 """What a local index folder holds and who may write it: the manifest's schema, the names the
 index itself creates (the only things it ever deletes), and the one-writer lock.
 
-Names the index creates in ``IDX/``: ``manifest.json``, ``.lock``, version folders
-``v000003-1a2b3c`` (and ``.tmp-v000003-1a2b3c`` while one is written), journals
-``journal-v000003-1a2b3c.log`` and ``.pending.json`` (the names a save is about to create, so a
-crash never leaves a folder nobody recorded). A save deletes only names recorded in the manifest
+Names the index creates in ``IDX/``: ``manifest.json`` (and ``.manifest.json.tmp`` while it is
+replaced), ``.lock``, version folders ``v000003-1a2b3c`` (and ``.tmp-v000003-1a2b3c`` while one
+is written), journals ``journal-v000003-1a2b3c.log``, ``.pending.json`` (the names a save is
+about to create, so a crash never leaves a folder nobody recorded) and ``images/`` (see
+``schn.index.images``). A save deletes only names recorded in the manifest
 (``data`` of the previous manifest, its ``retired`` list), in ``.pending.json``, or matching the
 exact ``.tmp-`` pattern: never anything a user put there.
 """
@@ -23,7 +24,6 @@ from pathlib import Path
 
 from .. import codes as codes_mod
 from ..errors import SchnError
-from ..fileio import atomic_path, write_json
 from . import ids as ids_mod
 
 FORMAT = "schn-index"
@@ -175,31 +175,38 @@ def busy_error(folder) -> SchnError:
                      "the change to its API")
 
 
-def _acquire(folder: Path, wait_s: float) -> int:
+def _acquire(folder: Path, wait_s: float, role: bytes) -> int:
+    """A descriptor of ``.lock`` holding the lock; its content names the holder's ``role``
+    (``held``: for a process's lifetime, so waiting for it is pointless)."""
     fd = os.open(Path(folder) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + wait_s
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, role, 0)
             return fd
         except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() >= deadline:
+            busy = exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+            if not busy or time.monotonic() >= deadline or os.pread(fd, 4, 0) == b"held":
                 os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                if busy:
                     raise busy_error(folder) from None
                 raise
             time.sleep(0.02)
 
 
-def hold(folder: Path) -> None:
-    """Take the writer lock of ``folder`` until :func:`release` (or the process ends); fails fast
-    when another process holds it. Counted: holding it twice needs two releases."""
+def hold(folder: Path, long_lived: bool = False, wait_s: float = LOCK_WAIT_S) -> None:
+    """Take the writer lock of ``folder`` until :func:`release` (or the process ends). While a
+    ``long_lived`` holder (``schn serve``) has it, others fail at once; while a short-lived one
+    (a CLI command) has it, they wait up to ``wait_s``. Counted: two holds need two releases."""
     key = _key(folder)
     with _held_guard:
         if key in _held:
             _held[key][1] += 1
             return
-        _held[key] = [_acquire(folder, 0.0), 1]
+        role = b"held" if long_lived else b"save"
+        _held[key] = [_acquire(folder, wait_s, role + b" by pid %d\n" % os.getpid()), 1]
 
 
 def release(folder: Path) -> None:
@@ -225,7 +232,7 @@ def locked(folder: Path, wait_s: float = LOCK_WAIT_S):
     if holds(folder):
         yield
         return
-    fd = _acquire(folder, wait_s)
+    fd = _acquire(folder, wait_s, b"save by pid %d\n" % os.getpid())
     try:
         yield
     finally:
@@ -240,7 +247,7 @@ def probe(folder: Path) -> None:
 
 
 def write_pending(folder: Path, names: list[str]) -> None:
-    write_json(Path(folder) / PENDING, {"names": names})
+    write_json_durable(Path(folder) / PENDING, {"names": names})
 
 
 def clear_pending(folder: Path, keep: set) -> None:
@@ -257,9 +264,17 @@ def clear_pending(folder: Path, keep: set) -> None:
 
 
 def write_json_durable(path: Path, obj) -> None:
-    """``obj`` as JSON at ``path``, atomically, its bytes fsynced before the rename."""
-    with atomic_path(path) as tmp:
+    """``obj`` as JSON at ``path``, atomically, its bytes fsynced before the rename. The temporary
+    has one fixed name (``.manifest.json.tmp``; writers are one at a time), so a crash leaves at
+    most that, which the next write replaces."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
         with open(tmp, "w") as f:
             f.write(json.dumps(obj, indent=2) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import codes as codes_mod
 from ..errors import SchnError
-from ..fileio import fsync_dir, sha256_file, write_json
+from ..fileio import fsync_dir, sha256_file
 from . import ids as ids_mod
 from . import journal as journal_mod
 from . import layout
@@ -684,17 +684,18 @@ class HammingIndex(CodeIndex):
         if self._jend is not None:
             self._jend, self._jitems, self._pending = 0, 0, ()
 
-    def hold_writer_lock(self) -> None:
+    def hold_writer_lock(self, long_lived: bool = True) -> None:
         """Hold the folder's writer lock until :meth:`release_writer_lock` (``schn serve`` does
-        for its lifetime); other processes' writers then fail in one line."""
-        layout.hold(self.path)
+        for its lifetime); other processes' writers then fail in one line (``long_lived``: at
+        once, else after waiting a moment for this one to finish)."""
+        layout.hold(self.path, long_lived)
 
     def release_writer_lock(self) -> None:
         layout.release(self.path)
 
     @classmethod
     def open(cls, path: str | Path, *, verify: bool = True, mmap: bool = True, searcher: str = "auto",
-             writer: bool = False) -> "HammingIndex":
+             writer: bool = False, long_lived: bool = False) -> "HammingIndex":
         """Open a saved index (and replay its journal); refuses a damaged or foreign one with one
         clear line. ``writer``: hold the writer lock (see :meth:`hold_writer_lock`) from before
         reading, so nothing changes it underneath."""
@@ -702,7 +703,7 @@ class HammingIndex(CodeIndex):
         if not folder.is_dir():
             raise SchnError(f"no index at {folder}; build one with `schn index build RUN -o {folder}`")
         if writer:
-            layout.hold(folder)
+            layout.hold(folder, long_lived)
         try:
             for attempt in range(3):
                 manifest = layout.read_manifest(folder)

@@ -47,7 +47,7 @@ class SearchService:
         self.folder = Path(index_path)
         # the writer lock for the service's lifetime: CLI writers then fail in one line instead of
         # changing the index under the service (which made every later mutation a 409)
-        index = HammingIndex.open(self.folder, verify=verify, searcher=searcher, writer=True)
+        index = HammingIndex.open(self.folder, verify=verify, searcher=searcher, writer=True, long_lived=True)
         index.auto_compact = False  # compaction runs in the background (_compact), not inside a request
         self._write_lock = threading.Lock()
         self._compactor: threading.Thread | None = None
