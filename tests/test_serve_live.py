@@ -206,10 +206,10 @@ def test_serve_refuses_a_port_in_use_and_a_bad_searcher(idx):
 
 def test_half_open_connections_are_closed_and_others_served(idx):
     """Issue 12, defect 12 (slowloris): clients that send part of their headers, or nothing, and go
-    quiet held their connections past 45 s with --timeout 30. With --timeout 2 the server closes
-    them after about 2 s, serves other clients meanwhile, and answers connections over
+    quiet held their connections past 45 s with --timeout 30. With --timeout 3 the server closes
+    them after about 3 s, serves other clients meanwhile, and answers connections over
     --max-connections with a 503."""
-    port, process = start_serve(idx, "--timeout", "2", "--max-connections", "50")
+    port, process = start_serve(idx, "--timeout", "3", "--max-connections", "50")
     url = f"http://127.0.0.1:{port}"
     with process as server:
         wait_until_up(server, url)
@@ -233,7 +233,7 @@ def test_half_open_connections_are_closed_and_others_served(idx):
                 answer = conn.recv(65536)  # blocks until the server answers or closes
                 took = time.monotonic() - opened
                 assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
-                assert 1.5 < took < 5, f"a half-open connection was closed after {took:.1f} s"
+                assert 2.5 < took < 6, f"a half-open connection was closed after {took:.1f} s"
                 conn.close()
             assert client.get("/health").status_code == 200  # still serving, on a new connection if need be
         assert server.poll() is None
