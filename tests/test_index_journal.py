@@ -299,3 +299,36 @@ def test_cli_writers_fail_fast_while_schn_serve_runs(idx, tmp_path, capsys):
         index = HammingIndex.open(idx)  # readers are never locked out
         assert "mine" in index and some_id not in index
     assert main(["index", "delete", str(idx), "mine"]) == 0  # the lock went with the process
+
+
+def test_the_service_journals_and_compacts_in_the_background(idx, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from schn.serve.service import SearchService
+
+    monkeypatch.setattr(store_mod, "delta_limit", lambda n: 3)
+    service = SearchService(idx)
+    try:
+        version, before = manifest(idx)["version"], len(service.index)
+
+        def png(seed):
+            buf = io.BytesIO()
+            Image.fromarray(np.random.default_rng(seed).integers(0, 255, (8, 8), dtype=np.uint8)).save(buf, "PNG")
+            return buf.getvalue()
+
+        for s in range(3):
+            service.add([Image.open(io.BytesIO(png(s)))], ["PNG"], [png(s)], ids=[f"j{s}"])
+        assert manifest(idx)["version"] == version  # journaled: no new version per write
+        snapshot = service.index
+        service.delete("j0")  # the 4th journaled item: past the limit, compaction starts
+        service._compactor.join(timeout=60)
+        assert manifest(idx)["version"] == version + 1 and not list(idx.glob("journal-*.log"))
+        assert snapshot.search_ids(["j1"], 3).ids.shape == (1, 3)  # an old snapshot still searches
+        service.add([Image.open(io.BytesIO(png(9)))], ["PNG"], [png(9)], ids=["j9"])  # and it goes on
+        on_disk = HammingIndex.open(idx)
+        assert len(on_disk) == len(service.index) == before + 3 and "j0" not in on_disk and "j9" in on_disk
+        assert_same_results(service.index, np.random.default_rng(5), ks=(1, 10), radii=(0, 3))
+    finally:
+        service.close()
