@@ -332,3 +332,26 @@ def test_the_service_journals_and_compacts_in_the_background(idx, monkeypatch):
         assert_same_results(service.index, np.random.default_rng(5), ks=(1, 10), radii=(0, 3))
     finally:
         service.close()
+
+
+def test_uses_path_by_lookup_equals_the_scan(rng):
+    """warm() builds a hash lookup of the base's paths; it must answer as the plain scan does."""
+    paths = [f"images/{i % 37:03d}.png" for i in range(300)] + ["x" * 13, ""]  # shared images, odd widths
+    index = HammingIndex(8)
+    index.add(codes(rng, len(paths)), ids=list(range(len(paths))), paths=paths)
+    plain = copy_of(index)
+    index.warm()
+    index._jend = 0  # journaled: deletes mask base rows instead of folding
+    plain._jend = 0
+    for target in (index, plain):
+        target.delete([i for i in range(300) if i % 37 == 5] + [301, 7])
+    assert index._path_index is not None and plain._path_index is None
+    for path in sorted(set(paths)) + ["images/none.png", "images/005.pn", "y" * 99]:
+        assert index.uses_path(path) == plain.uses_path(path) == (path in {p for i, p in enumerate(paths)
+                                                                          if i % 37 != 5 and i not in (301, 7)})
+
+
+def copy_of(index):
+    import copy
+
+    return copy.copy(index)

@@ -93,6 +93,20 @@ class _Delta:
         return codes_mod.word_distances(codes_mod.to_words(query.reshape(1, -1))[0], self.words)
 
 
+def _path_hashes(paths: np.ndarray) -> np.ndarray:
+    """A 64-bit FNV-style hash of each ``S`` path, vectorised (equal paths hash equally; a few
+    multiplies per 8 bytes, so ~1 s for 10M paths)."""
+    width = paths.dtype.itemsize
+    raw = np.ascontiguousarray(paths).view(np.uint8).reshape(len(paths), width)
+    if width % 8:
+        raw = np.pad(raw, ((0, 0), (0, 8 - width % 8)))
+    words = np.ascontiguousarray(raw).view(np.uint64)
+    h = np.full(len(paths), 0xCBF29CE484222325, dtype=np.uint64)
+    for j in range(words.shape[1]):
+        h = (h ^ words[:, j]) * np.uint64(0x100000001B3)
+    return h
+
+
 def _blank(like: np.ndarray, n: int) -> np.ndarray:
     """n empty rows of an optional column shaped like ``like`` (no labels / empty path)."""
     if like.dtype.kind == "S":
@@ -147,6 +161,7 @@ class HammingIndex(CodeIndex):
         self._order: np.ndarray | None = None
         self._lookup: ids_mod.IdLookup | None = None
         self._searchers: dict = {}
+        self._path_index: tuple | None = None  # (sorted path hashes, their base rows), see warm()
         # changes since the base: added items, and the sorted base slots deleted or replaced
         self._delta = _Delta(self._codes, self._ids)
         self._dead = np.zeros(0, dtype=np.int64)
@@ -291,9 +306,15 @@ class HammingIndex(CodeIndex):
         raw = path.encode("utf-8")
         if self._delta.paths is not None and bool((self._delta.paths == raw).any()):
             return True
-        if self._paths is None:
+        if self._paths is None or len(raw) > self._paths.dtype.itemsize:
             return False
-        hits = np.flatnonzero(self._paths == raw)
+        if self._path_index is None:  # one scan (~10 ms per million items); warm() builds the lookup
+            hits = np.flatnonzero(self._paths == raw)
+        else:  # the rows whose path hashes the same, then the paths themselves
+            hashes, rows = self._path_index
+            want = _path_hashes(np.array([raw], dtype=self._paths.dtype))[0]
+            hits = rows[np.searchsorted(hashes, want):np.searchsorted(hashes, want, side="right")]
+            hits = hits[self._paths[hits] == raw]
         return bool(len(hits)) and not self._is_dead(hits).all()
 
     @property
@@ -315,7 +336,7 @@ class HammingIndex(CodeIndex):
         self._cache = {}
 
     def _base_changed(self) -> None:
-        self._order = self._lookup = None
+        self._order = self._lookup = self._path_index = None
         self._searchers = {}
         self._cache = {}
 
@@ -469,6 +490,11 @@ class HammingIndex(CodeIndex):
         lookup), not inside the first, or a concurrent, search."""
         if len(self._codes):
             self.searcher()
+        if self._paths is not None and len(self._paths) and self._path_index is None:
+            # so that a delete's "is its image still used?" does not scan every path
+            hashes = _path_hashes(self._paths)
+            rows = np.argsort(hashes, kind="stable")
+            self._path_index = (hashes[rows], rows)
         if len(self._delta):
             self._delta.words, self._delta.lookup  # noqa: B018  (built on first use)
         return self
