@@ -140,7 +140,7 @@ def create_app(index_path, run_dir=None, *, api_key: str | None = None, limits: 
             def codes_and_self(index):
                 item = service.item_id(item_id, index)
                 row = service.row_of(index, item)
-                return index.codes[row:row + 1], item
+                return index.codes_at([row]), item
         elif kind == "multipart/form-data":
             form = await request.form(max_files=1, max_fields=8)
             upload = form.get("image")

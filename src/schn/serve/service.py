@@ -2,10 +2,13 @@
 
 Searches never wait for a mutation. Each request reads ``self.index`` once and works on that
 snapshot; a mutation (one at a time, under a lock) changes a shallow copy of the index (every
-change makes new arrays, so the snapshot being searched is untouched), saves it (fsynced, atomic:
-see ``schn.index.store``), builds its searcher, and only then swaps the reference. An item is
-acknowledged only after that save, so a crash loses nothing that was acknowledged, and a failed
-save leaves the service on the previous, still-saved snapshot.
+change makes new arrays, so the snapshot being searched is untouched), appends it to the index's
+journal (one checksummed record, fsynced: see ``schn.index.store``), updates the small delta
+searcher beside the base one, and only then swaps the reference. An item is acknowledged only
+after that append, so a crash loses nothing that was acknowledged, and a failed write leaves the
+service on the previous snapshot. Past a size threshold a background thread compacts the journal
+into a new base version while searches go on reading the old snapshot. The service holds the
+index's writer lock for its lifetime, so another writer (``schn index add``) is told so at once.
 """
 from __future__ import annotations
 
@@ -218,5 +221,5 @@ def _short(item_id) -> str:
 
 
 def hex_code(index: HammingIndex, row: int) -> str:
-    return bytes(np.asarray(index.codes[row])).hex()
+    return bytes(index.codes_at([row])[0]).hex()
 
