@@ -28,10 +28,19 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         os.close(fd)
     try:
         yield Path(tmp)
+        _fsync_file(tmp)  # the data is on disk before the name points at it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync_file(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def current_umask() -> int:
