@@ -290,3 +290,9 @@ def test_bad_benchmark_options_write_nothing(tmp_path, capsys, option, value):
     assert main(args) == 2
     one_line_error(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option", [["-k", "0"], ["-k", "-4"], ["--radius", "-1"]])
+def test_bad_search_options_are_one_line(stored_index, capsys, option):
+    assert main(["search", str(stored_index), "--id", "x", *option]) == 2
+    assert option[0] in one_line_error(capsys)

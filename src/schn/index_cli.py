@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 
+from .bounds import check_range
 from .errors import SchnError
 
 
@@ -104,9 +105,12 @@ def cmd_index_info(args) -> int:
 
 
 def cmd_search(args) -> int:
-    index = _open(args)
     if (args.image is None) == (args.id is None):
         raise SchnError("pass exactly one of --image PATH or --id ID")
+    check_range("-k", args.k, 1, 10**9)
+    if args.radius is not None:
+        check_range("--radius", args.radius, 0, 10**9)
+    index = _open(args)
     if args.image is not None:
         from .index.build import encode_for_index
 
