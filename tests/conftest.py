@@ -58,6 +58,32 @@ def child_process(args, **popen):
                 stream.close()
 
 
+@contextmanager
+def schn_serve(idx, *options, seconds: float = 60):
+    """The real ``schn serve IDX OPTIONS`` on a free port, once /health answers; yields
+    (process, base URL, port) and kills the process when the block ends."""
+    import subprocess
+    import sys
+
+    import httpx2 as httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "schn", "serve", str(idx), "--port", str(port), *options]
+    with child_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as server:
+        deadline = time.monotonic() + seconds
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"schn serve did not answer within {seconds} s"
+            time.sleep(0.2)
+        yield server, url, port
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -12,7 +12,7 @@ import time
 import httpx2 as httpx
 import numpy as np
 import pytest
-from conftest import child_process, free_port
+from conftest import child_process, schn_serve
 
 from schn import codes as codes_mod
 from schn.cli import main
@@ -261,24 +261,11 @@ def test_short_writers_wait_briefly_for_each_other(folder, capsys):
 
 def test_cli_writers_fail_fast_while_schn_serve_runs(idx, tmp_path, capsys):
     """Issue 12, defect 11: `schn index add` during `schn serve` made every later mutation a 409."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     picture = tmp_path / "p.png"
     from PIL import Image
 
     Image.fromarray(np.full((8, 8), 99, np.uint8)).save(picture)
-    with child_process([sys.executable, "-m", "schn", "serve", str(idx), "--port", str(port)],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as server:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "schn serve did not answer within 60 s"
-            time.sleep(0.2)
+    with schn_serve(idx) as (server, url, port):
         first = httpx.get(url + "/health").json()["items"]
         some_id = str(HammingIndex.open(idx).ids[0])
         for command in (["index", "add", str(idx), str(picture), "--quiet"], ["index", "delete", str(idx), some_id],

@@ -5,14 +5,11 @@ its declared response schema; every error is a JSON ``{"error", "status"}`` body
 import itertools
 import shutil
 import socket
-import subprocess
-import sys
-import time
 
 import httpx2 as httpx
 import pytest
 import schemathesis
-from conftest import child_process, free_port
+from conftest import schn_serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -26,21 +23,7 @@ EXAMPLES = 100  # per operation and generation mode (valid and invalid inputs): 
 def live(stored_index, tmp_path_factory):
     """`schn serve --api-key KEY` over a copy of the stored index, for the whole module."""
     idx = shutil.copytree(stored_index, tmp_path_factory.mktemp("fuzz") / "idx")
-    port = free_port()
-    command = [sys.executable, "-m", "schn", "serve", str(idx), "--port", str(port), "--api-key", KEY,
-               "--timeout", "5"]
-    url = f"http://127.0.0.1:{port}"
-    with child_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as server:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "schn serve did not answer within 60 s"
-            time.sleep(0.2)
+    with schn_serve(idx, "--api-key", KEY, "--timeout", "5") as (server, url, port):
         yield url, port
         assert server.poll() is None, "the service died under fuzzing"
 

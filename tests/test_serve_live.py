@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx2 as httpx
 import numpy as np
 import pytest
-from conftest import child_process, free_port, serving
+from conftest import free_port, schn_serve, serving
 from PIL import Image
 
 from schn.index import HammingIndex
@@ -92,10 +92,7 @@ def test_search_and_body_timeouts(idx, monkeypatch):
 
 def test_an_acknowledged_add_survives_kill_9(idx):
     """The real command: `schn serve`, an add, then SIGKILL; the item and its image are on disk."""
-    port, process = start_serve(idx, "--api-key", "k")
-    url = f"http://127.0.0.1:{port}"
-    with process as server:
-        wait_until_up(server, url)
+    with schn_serve(idx, "--api-key", "k") as (server, url, port):
         data = png(7)
         added = httpx.post(url + "/items", files=[("images", ("q.png", data, "image/png"))], data={"ids": ["kept"]},
                            headers={"X-API-Key": "k"}, timeout=30)
@@ -134,26 +131,6 @@ def test_threads_share_one_service_safely(idx):
             t.join()
     assert not errors
     assert {"t1", "t3"} <= set(HammingIndex.open(idx).ids.tolist()) and "t0" not in HammingIndex.open(idx)
-
-
-def start_serve(idx, *options):
-    """`schn serve IDX` on a free port, once it answers; yields (process, base URL)."""
-    port = free_port()
-    command = [sys.executable, "-m", "schn", "serve", str(idx), "--port", str(port), *options]
-    return port, child_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_until_up(server, url, seconds=60):
-    deadline = time.monotonic() + seconds
-    while True:
-        assert server.poll() is None, server.stdout.read()
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"schn serve did not answer within {seconds} s"
-        time.sleep(0.2)
 
 
 def serve_fails(*args, env=None):
@@ -209,10 +186,7 @@ def test_half_open_connections_are_closed_and_others_served(idx):
     quiet held their connections past 45 s with --timeout 30. With --timeout 3 the server closes
     them after about 3 s, serves other clients meanwhile, and answers connections over
     --max-connections with a 503."""
-    port, process = start_serve(idx, "--timeout", "3", "--max-connections", "50")
-    url = f"http://127.0.0.1:{port}"
-    with process as server:
-        wait_until_up(server, url)
+    with schn_serve(idx, "--timeout", "3", "--max-connections", "50") as (server, url, port):
         opened = time.monotonic()
         hanging = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(40)]
         for i, conn in enumerate(hanging[:30]):  # part of the headers; the rest send nothing at all
