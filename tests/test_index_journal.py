@@ -219,7 +219,7 @@ CRASH_AT = textwrap.dedent("""
         real = store._save_array
         store._save_array = lambda p, a: die() if p.name == "ids.npy" else real(p, a)
     elif point == "manifest":
-        layout.write_json_durable = die
+        store.write_json = die  # the manifest of the new base
     elif point == "retire":
         layout.remove_own = die
     index.compact()

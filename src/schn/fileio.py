@@ -14,33 +14,34 @@ from typing import Iterator
 
 
 @contextmanager
-def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | Path, suffix: str = "", *, sync: bool = True, fixed_tmp: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, else it is removed.
 
     ``suffix`` keeps writers that insist on an extension (``np.save``, ``savefig``) from renaming it.
+    ``sync``: the bytes are fsynced before the rename (``False``: the caller makes many files
+    durable at once). ``fixed_tmp``: the temporary is always ``.<name>.tmp`` (for one writer at a
+    time), so a killed writer leaves at most that one file, which the next write replaces.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    try:  # mkstemp makes the file 0600; a written file gets the mode open() would give it
-        os.fchmod(fd, 0o666 & ~current_umask())
-    finally:
+    if fixed_tmp:  # open() gives the mode the umask allows
+        tmp = str(path.with_name(f".{path.name}.tmp{suffix}"))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         os.close(fd)
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        try:  # mkstemp makes the file 0600; a written file gets the mode open() would give it
+            os.fchmod(fd, 0o666 & ~current_umask())
+        finally:
+            os.close(fd)
     try:
         yield Path(tmp)
-        _fsync_file(tmp)  # the data is on disk before the name points at it
+        if sync:
+            fsync_path(tmp)  # the data is on disk before the name points at it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _fsync_file(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def current_umask() -> int:
@@ -57,14 +58,15 @@ def current_umask() -> int:
     return mask
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    with atomic_path(path) as tmp:
+def write_text(path: str | Path, text: str, **options) -> Path:
+    """``text`` at ``path``, atomically and fsynced (``options``: those of :func:`atomic_path`)."""
+    with atomic_path(path, **options) as tmp:
         tmp.write_text(text)
     return Path(path)
 
 
-def write_json(path: str | Path, obj) -> Path:
-    return write_text(path, json.dumps(obj, indent=2) + "\n")
+def write_json(path: str | Path, obj, **options) -> Path:
+    return write_text(path, json.dumps(obj, indent=2) + "\n", **options)
 
 
 def _torch_safe_globals() -> list:
@@ -104,8 +106,8 @@ def read_torch(path: str | Path, fmt: str, kind: str, remedy: str) -> dict:
     return obj
 
 
-def fsync_dir(path: str | Path) -> None:
-    """Make a folder's entries (a rename into it) durable."""
+def fsync_path(path: str | Path) -> None:
+    """Make a file's bytes, or a folder's entries (a rename into it), durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

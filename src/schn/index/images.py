@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..fileio import atomic_path, fsync_dir
+from ..fileio import atomic_path, fsync_path
 
 STORE = "images"
 SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}
@@ -22,24 +22,25 @@ MEDIA_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                ".gif": "image/gif"}
 
 
+def stored_path(data: bytes, kind: str) -> str:
+    """Where :func:`store_bytes` puts image bytes of format ``kind``, relative to the index folder
+    (named by their SHA-256), known before anything is written."""
+    return f"{STORE}/{hashlib.sha256(data).hexdigest()}{SUFFIXES[kind]}"
+
+
 def store_bytes(index_folder, data: bytes, kind: str, sync: bool = True) -> str:
     """Write image bytes of format ``kind`` (a PIL format name) into the store; returns the path
     relative to the index folder. ``sync=False`` leaves making it durable to the caller (one
     ``os.sync()`` after many files instead of two fsyncs each)."""
-    name = hashlib.sha256(data).hexdigest() + SUFFIXES[kind]
-    folder = Path(index_folder) / STORE
-    target = folder / name
+    relative = stored_path(data, kind)
+    target = Path(index_folder) / relative
     if not target.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                if sync:
-                    f.flush()
-                    os.fsync(f.fileno())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target, sync=sync) as tmp:
+            tmp.write_bytes(data)
         if sync:
-            fsync_dir(folder)
-    return f"{STORE}/{name}"
+            fsync_path(target.parent)
+    return relative
 
 
 def store_image(index_folder, image, sync: bool = True) -> str:

@@ -184,7 +184,7 @@ def append(path: Path, expected_end: int, prefix: bytes, commit: bytes) -> int:
     finally:
         os.close(fd)
     if new:
-        from ..fileio import fsync_dir
+        from ..fileio import fsync_path
 
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
     return expected_end + len(data)

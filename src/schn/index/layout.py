@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .. import codes as codes_mod
 from ..errors import SchnError
+from ..fileio import write_json
 from . import ids as ids_mod
 
 FORMAT = "schn-index"
@@ -247,7 +248,7 @@ def probe(folder: Path) -> None:
 
 
 def write_pending(folder: Path, names: list[str]) -> None:
-    write_json_durable(Path(folder) / PENDING, {"names": names})
+    write_json(Path(folder) / PENDING, {"names": names}, fixed_tmp=True)
 
 
 def clear_pending(folder: Path, keep: set) -> None:
@@ -261,20 +262,3 @@ def clear_pending(folder: Path, keep: set) -> None:
         names = []
     remove_own(Path(folder), [n for n in names if isinstance(n, str) and n not in keep])
     file.unlink(missing_ok=True)
-
-
-def write_json_durable(path: Path, obj) -> None:
-    """``obj`` as JSON at ``path``, atomically, its bytes fsynced before the rename. The temporary
-    has one fixed name (``.manifest.json.tmp``; writers are one at a time), so a crash leaves at
-    most that, which the next write replaces."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(obj, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

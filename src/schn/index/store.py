@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import codes as codes_mod
 from ..errors import SchnError
-from ..fileio import fsync_dir, sha256_file
+from ..fileio import fsync_path, sha256_file, write_json
 from . import ids as ids_mod
 from . import journal as journal_mod
 from . import layout
@@ -690,7 +690,7 @@ class HammingIndex(CodeIndex):
                 files["labels.npy"] = _save_array(tmp / "labels.npy", self._labels)
             if self._paths is not None:
                 files["paths.npy"] = _save_array(tmp / "paths.npy", self._paths)
-            fsync_dir(tmp)
+            fsync_path(tmp)
             os.rename(tmp, folder / name)
         except BaseException:
             layout.remove_own(folder, [tmp.name])
@@ -700,8 +700,8 @@ class HammingIndex(CodeIndex):
         manifest, now = self.manifest(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         manifest.update(version=version, data=name, files=files, retired=retired,
                         created=(on_disk or {}).get("created", now), updated=now)
-        layout.write_json_durable(folder / MANIFEST, manifest)
-        fsync_dir(folder)
+        write_json(folder / MANIFEST, manifest, fixed_tmp=True)  # a killed save leaves one known temp
+        fsync_path(folder)
         # the previous base and its journal, and what an earlier save retired but a crash kept
         layout.remove_own(folder, retired + list((on_disk or {}).get("retired", [])))
         layout.remove_own(folder, [e.name for e in folder.iterdir() if layout.TMP_NAME.fullmatch(e.name)])

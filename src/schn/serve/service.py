@@ -13,7 +13,6 @@ index's writer lock for its lifetime, so another writer (``schn index add``) is 
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import threading
 from contextlib import contextmanager
@@ -106,7 +105,7 @@ class SearchService:
         The images are stored only once every check has passed (a refused request leaves no file),
         durably before the index that refers to them is committed, and removed if that commit fails."""
         codes = self.encode(pictures)
-        paths = [_store_path(raw, kind) for raw, kind in zip(data, kinds)]  # nothing written yet
+        paths = [images_mod.stored_path(raw, kind) for raw, kind in zip(data, kinds)]  # nothing written yet
         with self._write_lock:
             index = copy.copy(self.index)
             if ids is None:
@@ -138,8 +137,8 @@ class SearchService:
         """Stores the images (fsynced) for the block; if it fails, removes the files this call
         created that the index being served does not refer to (the block's commit did not happen)."""
         created = [p for p in dict.fromkeys(paths) if not (self.folder / p).exists()]
-        stored = [images_mod.store_bytes(self.folder, raw, kind) for raw, kind in zip(data, kinds)]
-        assert stored == paths, "schn.index.images names files differently from _store_path"
+        for raw, kind in zip(data, kinds):
+            images_mod.store_bytes(self.folder, raw, kind)
         try:
             yield
         except BaseException:
@@ -208,11 +207,6 @@ class SearchService:
                 "dataset": index.info.get("dataset"), "searcher": index.searcher_name, "index": str(self.folder),
                 "version": index.version, "id_kind": index.id_kind or "int", "class_names": index.class_names,
                 "can_encode_images": self.encoder is not None}
-
-
-def _store_path(data: bytes, kind: str) -> str:
-    """The path ``images.store_bytes`` gives these bytes (named by their SHA-256), before writing them."""
-    return f"{images_mod.STORE}/{hashlib.sha256(data).hexdigest()}{images_mod.SUFFIXES[kind]}"
 
 
 def _short(item_id) -> str:
