@@ -35,12 +35,13 @@ CHECKPOINT_FORMAT = "schn-checkpoint-1"
 CURVE_KEYS = ("pr_curve", "p_at_n_curve")
 
 
-# What a run writes before its first outer iteration ends: without resume.pt, these alone mean
-# the run never got going, and `schn train --resume` starts it from the first iteration.
+# What a run writes before its first outer iteration ends (the first two always): without
+# resume.pt, these alone mean the run never got going, and `schn train --resume` starts it anew.
 STARTED_FILES = ("config.yaml", "split.json", "log.jsonl")
 
 
-def new_run_dir(cfg: Config) -> Path:
+def new_run_dir(cfg: Config) -> tuple[Path, bool]:
+    """The run's folder, new or empty; and whether this call created it."""
     name = cfg.run.name or f"{cfg.data.name}-{cfg.method_name}-{cfg.train.bits}b-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(cfg.run.out_dir) / name
     if path.exists() and any(path.iterdir()):
@@ -48,14 +49,15 @@ def new_run_dir(cfg: Config) -> Path:
             raise SchnError(f"run folder {path} holds a run that stopped before its first outer iteration ended; "
                             f"start it again with `schn train --resume {path}`, or choose another run.name")
         raise SchnError(f"run folder {path} already exists and is not empty; choose another run.name")
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
-    return path
+    return path, created
 
 
 def _never_started(run_dir: Path) -> bool:
     """A run folder holding only what a run writes before its first iteration ends."""
     names = {p.name for p in run_dir.iterdir()}
-    return {"config.yaml", "split.json"} <= names <= set(STARTED_FILES)
+    return set(STARTED_FILES[:2]) <= names <= set(STARTED_FILES)
 
 
 def _remove_unstarted(run_dir: Path, created: bool) -> None:
@@ -143,9 +145,7 @@ def train_run(cfg: Config, progress: bool = True, echo=print, resume_dir: str | 
                                                       run.method, run.device)
     created = False
     if resume_dir is None:  # only the first process writes; the others learn the folder's name
-        if here.is_main:
-            created = not (Path(cfg.run.out_dir) / cfg.run.name).exists() if cfg.run.name else True
-        run_dir = distributed.broadcast(new_run_dir(cfg) if here.is_main else None)
+        run_dir, created = distributed.broadcast(new_run_dir(cfg) if here.is_main else None)
         if here.is_main:
             write_text(run_dir / "config.yaml", dump_config(cfg))
             split.save(run_dir / "split.json")
