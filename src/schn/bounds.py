@@ -31,7 +31,7 @@ def describe_range(lo=None, hi=None, above: bool = False) -> str:
         return low or "a number"
     if low is None:
         return f"<= {_number(hi)}"
-    return f"{'above' if above else 'from'} {_number(lo)} to {_number(hi)}"
+    return f"above {_number(lo)} and at most {_number(hi)}" if above else f"from {_number(lo)} to {_number(hi)}"
 
 
 def check_range(name: str, value, lo=None, hi=None, above: bool = False) -> None:
@@ -39,7 +39,7 @@ def check_range(name: str, value, lo=None, hi=None, above: bool = False) -> None
     bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
     bad = bad or (lo is not None and (value <= lo if above else value < lo)) or (hi is not None and value > hi)
     if bad:
-        raise SchnError(f"{name} must be {describe_range(lo, hi, above)}, got {value!r}")
+        raise SchnError(f"{name} {value!r} is out of range; it must be {describe_range(lo, hi, above)}")
 
 
 def check_bounds(obj, section: str) -> None:

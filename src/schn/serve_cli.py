@@ -5,11 +5,11 @@ one ``error:`` line and exit 2 within a second, never a traceback after "serving
 """
 from __future__ import annotations
 
-import math
 import os
 import socket
 from pathlib import Path
 
+from .bounds import check_range
 from .errors import SchnError
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
@@ -63,19 +63,16 @@ def _serve(args, api_key: str | None, sockets: list[socket.socket]) -> int:
 def _check_options(args) -> None:
     """The options that a later request would trip over, refused with what to pass instead (the
     searcher and the device are checked once torch is imported, still before the index loads)."""
-    if not 1 <= args.port <= 65535:
-        raise SchnError(f"--port {args.port} is not a TCP port; pass 1 to 65535")
+    check_range("--port", args.port, 1, 65535)
     if not args.host.strip() or args.host != args.host.strip():
         raise SchnError(f"--host {args.host!r} is not an address; pass e.g. 127.0.0.1 (this machine) or 0.0.0.0 (all)")
-    if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb > 0):
-        raise SchnError(f"--max-upload-mb {args.max_upload_mb:g} is not a size; pass a positive number of MiB")
-    for option, value in (("--timeout", args.timeout), ("--keep-alive", args.keep_alive)):
-        if not (math.isfinite(value) and 0 < value <= DAY):
-            raise SchnError(f"{option} {value:g} is not a duration; pass seconds, more than 0 and at most {DAY:g}")
-    for option, value in (("--max-pixels", args.max_pixels), ("--threads", args.threads),
+    check_range("--max-upload-mb", args.max_upload_mb, 0, above=True)
+    for option, seconds in (("--timeout", args.timeout), ("--keep-alive", args.keep_alive)):
+        check_range(option, seconds, 0, DAY, above=True)
+    for option, count in (("--max-pixels", args.max_pixels), ("--threads", args.threads),
                           ("--max-connections", args.max_connections), ("--worker-threads", args.worker_threads)):
-        if value is not None and value < 1:
-            raise SchnError(f"{option} {value} is not a count; pass 1 or more")
+        if count is not None:
+            check_range(option, count, 1)
     if args.log_level not in LOG_LEVELS:
         raise SchnError(f"--log-level {args.log_level!r} is not a level; pass one of {', '.join(LOG_LEVELS)}")
     if args.run is not None and not (Path(args.run) / "checkpoint.pt").is_file():

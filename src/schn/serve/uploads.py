@@ -12,7 +12,6 @@ image's bytes themselves are kept as sent: the same pixels, the same file, metad
 from __future__ import annotations
 
 import io
-
 import struct
 
 from PIL import Image, UnidentifiedImageError
