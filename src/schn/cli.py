@@ -16,6 +16,7 @@ from .bounds import check_range
 from .errors import SchnError, one_line
 from .index_cli import add_index_commands
 from .serve_cli import add_serve_command
+from .tune_cli import add_tune_command
 
 DEMO_CONFIG = "digits.yaml"
 
@@ -218,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_index_commands(sub)
     add_serve_command(sub)
+    add_tune_command(sub)
 
     p = sub.add_parser("list", help="registered methods, backbones, data sets, split protocols, searchers")
     p.set_defaults(func=cmd_list)

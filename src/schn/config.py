@@ -40,6 +40,9 @@ class TrainConfig:
     encode_batch_size: int = bounded(256, 1, 65_536)
     # seconds of training; then the current iteration is closed
     time_budget: Optional[float] = bounded(None, 0, 10**8, above=True)
+    # early stopping: stop once validation mAP has not improved for this many outer iterations
+    # (train.iterations stays the cap; only with select=val); None = run every iteration
+    early_stopping: Optional[int] = bounded(None, 1, 100_000)
     # validation retrieves from a seeded subset of the pool (None = all)
     val_pool_size: Optional[int] = bounded(None, 1, 10**9)
     precision: str = "fp32"  # the training forward pass: fp32, bf16 (CPU and GPU) or fp16 (GPU, gradient scaler)

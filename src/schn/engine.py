@@ -84,6 +84,8 @@ class TrainResult:
     filled_unsampled: int = 0
     iterations: int = 0  # outer iterations run (fewer than configured when the time budget ends them)
     stopped_by_time_budget: bool = False
+    stopped_early: bool = False  # validation mAP stopped improving (train.early_stopping)
+    val_seconds: float = 0.0  # spent validating (not counted in ``seconds``)
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -97,8 +99,12 @@ def seed_everything(seed: int) -> None:
 
 
 def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
-                 log=None, progress: bool = True, state_file: Path | None = None) -> TrainResult:
+                 log=None, progress: bool = True, state_file: Path | None = None,
+                 on_validation=None) -> TrainResult:
     """Run the outer loop; leaves ``method`` at the selected iteration. ``log(record)`` per iteration.
+
+    ``on_validation(iteration, score)`` after each validation (``schn tune`` reports it to Optuna's
+    pruner, which may stop the run by raising).
 
     ``state_file``: after every outer iteration, everything the loop needs to go on (models,
     optimisers, database codes, the sampler's position, every RNG state, the results so far) is
@@ -132,7 +138,7 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
         bar.update(start * tc.epochs_per_iteration * steps_per_epoch)
     try:
         for it in range(start, tc.iterations):
-            if result.stopped_by_time_budget:
+            if result.stopped_by_time_budget or result.stopped_early:
                 break
             t0 = time.perf_counter()
             sample = schedule.draw()
@@ -168,12 +174,19 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
             result.iterations = it + 1
             due = (it + 1) % tc.val_every == 0 or it + 1 == tc.iterations
             if select in ("val", "test") and due and here.is_main:  # only the first process selects and writes
+                v0 = time.perf_counter()
                 score = validation_map(method, inputs, split, labels, cfg.eval, device,
                                        tc.encode_batch_size, on=select, pool=val_pool if select == "val" else None)
                 record["val_map" if select == "val" else "query_map_for_selection"] = score
                 if score > best_score:
                     best_score, result.selected_iteration = score, it + 1
                     best_state = copy.deepcopy(method.state_dict())
+                result.val_seconds += time.perf_counter() - v0
+                result.stopped_early = converged(tc.early_stopping, it + 1, result.selected_iteration)
+                if on_validation is not None:
+                    on_validation(it + 1, score)
+            if distributed.active():  # every process stops at the same iteration
+                result.stopped_early = distributed.broadcast(result.stopped_early)
             record["seconds"] = round(train_seconds, 3)
             record["images_per_second"] = round(images / train_seconds, 1) if train_seconds else 0.0
             result.history.append(record)
@@ -194,6 +207,11 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
         result.filled_unsampled = fill_unsampled(method, inputs, split, schedule.sampled, device,
                                                  tc.encode_batch_size)
     return result
+
+
+def converged(patience: int | None, iteration: int, best_iteration: int) -> bool:
+    """Early stopping: ``patience`` outer iterations have passed since the best validation mAP."""
+    return patience is not None and best_iteration > 0 and iteration - best_iteration >= patience
 
 
 def validation_pool(train: np.ndarray, size: int | None, seed: int) -> np.ndarray | None:

@@ -117,13 +117,14 @@ class PreparedRun:
     device: torch.device
 
 
-def prepare_run(cfg: Config, progress: bool = True) -> PreparedRun:
-    """Data set, split, model inputs and a fresh method for ``cfg`` (seed first for repeatability)."""
+def prepare_run(cfg: Config, progress: bool = True, dataset=None, split=None) -> PreparedRun:
+    """Data set, split, model inputs and a fresh method for ``cfg`` (seed first for repeatability).
+    ``dataset`` and ``split``: reuse these (``schn tune`` reads the data once for all its trials)."""
     device = resolve_device(cfg.train.device)
     if device.type == "cuda" and device.index is None and distributed.world().size > 1:
         device = torch.device("cuda", distributed.world().local_rank)  # torchrun: a device per process
-    dataset = create_dataset(cfg.data)
-    split = _split_for(cfg, dataset)
+    dataset = create_dataset(cfg.data) if dataset is None else dataset
+    split = _split_for(cfg, dataset) if split is None else split
     inputs = ModelInputs(cfg.model, dataset, device, progress=progress, num_workers=cfg.train.num_workers)
     labels = np.asarray(dataset.labels)
     train_labels = torch.as_tensor(labels[split.train], dtype=torch.float32)
@@ -182,6 +183,7 @@ def train_run(cfg: Config, progress: bool = True, echo=print, resume_dir: str | 
         "selected_iteration": result.selected_iteration,
         "iterations_run": result.iterations,
         "stopped_by_time_budget": result.stopped_by_time_budget,
+        "stopped_early": result.stopped_early,
         "best_val_map": result.best_val_map,
         "unsampled_encoded_by_network": result.filled_unsampled,
         "device": str(device),
@@ -281,7 +283,7 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, progress: bool 
     if (run.path / "metrics.json").is_file():
         previous = json.loads((run.path / "metrics.json").read_text())
     keep = ("train_seconds", "images_per_second", "model_selection", "selected_iteration", "iterations_run",
-            "stopped_by_time_budget", "best_val_map",
+            "stopped_by_time_budget", "stopped_early", "best_val_map",
             "unsampled_encoded_by_network")
     extra = {k: previous[k] for k in keep if k in previous}
     extra["device"] = str(run.device)

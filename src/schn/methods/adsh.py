@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..bounds import bounded
+from ..space import ASYMMETRIC_SPACE, Param
 from .common import (DeepConfig, DeepHashingMethod, bitwise_sweep, check_choice, check_positive,
                      generator_from_global_rng, similarity)
 
@@ -131,6 +132,7 @@ class ADSH(DeepHashingMethod):
     """
 
     config_class = ADSHConfig
+    search_space = ASYMMETRIC_SPACE + (Param("method.gamma", 1.0, 1e3, log=True),)
     family = "asymmetric"
     head_activation = "tanh"
 

@@ -28,6 +28,8 @@ class HashingMethod(nn.Module):
     # back-propagation, database encoded by it; "asymmetric": deep, plus learned database codes.
     # The benchmark picks each method's schedule from it (schn.benchmark).
     family: str = "deep"
+    # what ``schn tune`` searches (schn.space.Param specs, declared beside each method's config)
+    search_space: tuple = ()
     # how the training forward pass runs (set by the engine from train.precision)
     precision: Precision = FP32
 

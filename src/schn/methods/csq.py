@@ -12,6 +12,7 @@ import torch.nn.functional as nnf
 
 from ..bounds import bounded
 from ..codes import to_signed
+from ..space import DEEP_SPACE, Param
 from .common import DeepConfig, DeepHashingMethod, check_positive, generator_from_global_rng
 
 RANDOM_CENTER_DRAWS = 20  # Bernoulli case: keep the best of this many draws (authors' codes retry 20 times)
@@ -103,6 +104,7 @@ class CSQ(DeepHashingMethod):
     """
 
     config_class = CSQConfig
+    search_space = DEEP_SPACE + (Param("method.lambda_q", 1e-5, 1.0, log=True),)
     head_activation = "tanh"
 
     def build(self) -> None:

@@ -8,6 +8,7 @@ import torch.nn.functional as nnf
 
 from ..bounds import bounded
 from ..codes import to_signed
+from ..space import DEEP_SPACE, Param
 from .common import DeepConfig, DeepHashingMethod, check_positive, similarity
 
 __all__ = ["DPSH", "DPSHConfig", "dpsh_loss"]
@@ -63,6 +64,7 @@ class DPSH(DeepHashingMethod):
     """
 
     config_class = DPSHConfig
+    search_space = DEEP_SPACE + (Param("method.eta", 1e-2, 1e3, log=True),)
     head_activation = "none"
 
     def build(self) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..bounds import bounded
+from ..space import DEEP_SPACE, Param
 from .common import DeepConfig, DeepHashingMethod, check_positive, similarity
 
 __all__ = ["DSH", "DSHConfig", "dsh_loss"]
@@ -67,6 +68,10 @@ class DSH(DeepHashingMethod):
     """
 
     config_class = DSHConfig
+    search_space = DEEP_SPACE + (
+        Param("method.margin", 0.5, 4.0, log=True, per_bit=True),
+        Param("method.alpha", 1e-4, 1.0, log=True),
+    )
     head_activation = "none"
 
     def build(self) -> None:

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..bounds import bounded
 from ..codes import to_signed
+from ..space import DEEP_SPACE, Param
 from .common import DeepConfig, DeepHashingMethod, check_positive
 
 
@@ -79,6 +80,7 @@ class GreedyHash(DeepHashingMethod):
     """
 
     config_class = GreedyHashConfig
+    search_space = DEEP_SPACE + (Param("method.alpha", 1e-3, 10.0, log=True),)
     head_activation = "none"
 
     def build(self) -> None:

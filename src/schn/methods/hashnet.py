@@ -8,6 +8,7 @@ import torch.nn.functional as nnf
 
 from ..bounds import bounded
 from ..errors import SchnError
+from ..space import DEEP_SPACE, Param
 from .common import DeepConfig, DeepHashingMethod, check_positive, similarity
 
 __all__ = ["HashNet", "HashNetConfig", "continuation_beta", "hashnet_loss", "label_jaccard"]
@@ -106,6 +107,11 @@ class HashNet(DeepHashingMethod):
     """
 
     config_class = HashNetConfig
+    search_space = DEEP_SPACE + (
+        Param("method.alpha", 1e-2, 2.0, log=True),
+        Param("method.gamma", 1e-4, 1e-1, log=True),
+        Param("method.step_size", 20, 2000, log=True, integer=True),
+    )
     head_activation = "none"
 
     def build(self) -> None:

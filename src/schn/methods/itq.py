@@ -8,6 +8,7 @@ import torch
 from ..bounds import bounded
 from ..codes import to_signed
 from ..errors import SchnError
+from ..space import Param
 from .common import generator_from_global_rng
 from .shallow import ShallowHashingMethod
 
@@ -97,6 +98,7 @@ class ITQ(ShallowHashingMethod):
     """
 
     config_class = ITQConfig
+    search_space = (Param("method.iterations", 1, 100, integer=True),)
 
     def build(self) -> None:
         if self.bits > self.feature_dim:

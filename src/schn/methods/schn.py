@@ -25,6 +25,7 @@ from torch import nn
 from ..bounds import bounded
 from .. import distributed
 from ..errors import SchnError
+from ..space import ASYMMETRIC_SPACE, Param
 from .base import HashingMethod
 from .common import (ImageNet, adam, backbone_groups, check_choice, check_method_inputs, check_positive,
                      generator_from_global_rng)
@@ -110,6 +111,11 @@ class SCHN(HashingMethod):
     """Asymmetric SCHN: image/label/interaction nets, learned database codes ``B``."""
 
     config_class = SCHNConfig
+    search_space = ASYMMETRIC_SPACE + (
+        Param("method.alpha", 1e-2, 1e3, log=True),
+        Param("method.beta", 1e-3, 1e2, log=True),
+        Param("method.gamma", 1e-1, 1e3, log=True),
+    )
     family = "asymmetric"
 
     def __init__(

@@ -8,6 +8,7 @@ import torch
 
 from ..bounds import bounded
 from ..errors import SchnError
+from ..space import Param
 from .common import bitwise_sweep, generator_from_global_rng
 from .shallow import ShallowHashingMethod
 
@@ -154,6 +155,11 @@ class SDH(ShallowHashingMethod):
     """
 
     config_class = SDHConfig
+    search_space = (
+        Param("method.num_anchors", 100, 3000, log=True, integer=True),
+        Param("method.lam", 1e-3, 1e2, log=True),
+        Param("method.nu", 1e-7, 1e-1, log=True),
+    )
 
     def build(self) -> None:
         m = self.config.num_anchors
