@@ -35,3 +35,39 @@ def test_validation_pool_is_a_seeded_subset_or_everything():
     assert (a == b).all() and len(np.unique(a)) == 30 and set(a) <= set(train)
     assert (np.diff(a) > 0).all()
     assert not np.array_equal(a, validation_pool(train, 30, 8))
+
+
+def test_converged_counts_outer_iterations_since_the_best():
+    from schn.engine import converged
+
+    assert not converged(None, 50, 1)
+    assert not converged(3, 3, 0)  # nothing validated yet
+    assert not converged(3, 4, 2) and converged(3, 5, 2) and converged(1, 2, 1)
+
+
+def test_early_stopping_ends_a_run_whose_validation_map_stopped_improving(tmp_path):
+    """With a learning rate too small to learn (only batch-norm statistics move), validation mAP
+    soon stops improving: patience 2 ends the run two iterations after its best, well before the
+    cap of 20, and the best iteration is the one selected."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from schn.config import load_config
+    from schn.runs import train_run
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "digits.yaml").read_text())
+    raw["method"] = {"name": "dpsh", "lr": 1e-12}
+    config = tmp_path / "digits-dpsh.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cfg = load_config(config, ["train.iterations=20",
+                               "train.epochs_per_iteration=1", "train.early_stopping=2", "train.bits=16",
+                               f"run.out_dir={tmp_path}", "run.name=es"])
+    run_dir, metrics = train_run(cfg, progress=False, echo=lambda s: None)
+    best = metrics["selected_iteration"]
+    assert metrics["stopped_early"] is True and metrics["iterations_run"] == best + 2 < 20
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == list(range(1, best + 3))
+    scores = [r["val_map"] for r in log]
+    assert max(scores) == scores[best - 1] == metrics["best_val_map"] and max(scores[best:]) <= scores[best - 1]

@@ -216,3 +216,9 @@ def test_a_study_made_for_another_method_bits_or_data_is_refused(tmp_path, capsy
     identity = optuna.load_study(study_name=tune_mod.STUDY_NAME, storage=url).user_attrs
     with pytest.raises(SchnError, match="created for another data"):
         tune_mod.open_study(url, "median", 0, {**identity, "data": "image_folder:0123"})
+    err = one_line_error(capsys, [*base, "--method", "itq", "--bits", "16", "--set", "train.batch_size=32"])
+    assert "another schedule (train.batch_size was 64, now 32)" in err
+    # an option schn gained since the study began keeps its default: not a different schedule
+    older = yaml.safe_load(identity["schedule"])
+    del older["train"]["early_stopping"]
+    tune_mod.open_study(url, "median", 0, {**identity, "schedule": yaml.safe_dump(older)})

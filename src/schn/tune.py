@@ -144,9 +144,10 @@ def open_study(url: str, pruner: str, seed: int, identity: dict):
     if STUDY_NAME in existing:
         made_for = existing[STUDY_NAME].user_attrs
         for key in ("method", "data", "bits", "space", "schedule"):
-            if made_for.get(key) != identity[key]:
-                raise SchnError(f"the study in {url} was created for another {key} ({made_for.get(key)!r}, not "
-                                f"{identity[key]!r}); use another -o or --storage")
+            difference = _difference(key, made_for.get(key), identity[key])
+            if difference:
+                raise SchnError(f"the study in {url} was created for another {key} ({difference}); use another -o "
+                                "or --storage")
         done = existing[STUDY_NAME].n_trials
     sampler = optuna.samplers.TPESampler(seed=(seed + done) % 2**32)  # resumed: a fresh but seeded stream
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize", sampler=sampler,
@@ -158,6 +159,19 @@ def open_study(url: str, pruner: str, seed: int, identity: dict):
         # we hold the folder's lock, so a running trial is one whose tuner died mid-trial
         study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
     return study
+
+
+def _difference(key: str, made_for, now) -> str | None:
+    """How a study's recorded ``key`` differs from this run's, or None. For the schedule (a dumped
+    config) only options both know must agree: an option added to schn since keeps its default."""
+    if key != "schedule" or made_for is None:
+        return None if made_for == now else f"{made_for!r}, not {now!r}"
+    old, new = yaml.safe_load(made_for), yaml.safe_load(now)
+    for section in old.keys() & new.keys():
+        for name in old[section].keys() & new[section].keys():
+            if old[section][name] != new[section][name]:
+                return f"{section}.{name} was {old[section][name]!r}, now {new[section][name]!r}"
+    return None
 
 
 def tune(config: str | Path, label: str, bits: int, trials: int, out: str | Path, storage: str | None = None,
