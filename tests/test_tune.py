@@ -116,6 +116,15 @@ def test_the_pruner_stops_a_trial_after_the_validation_it_reports(tmp_path, monk
     assert result.pruned == 1 and result.complete == 1
 
 
+def test_the_last_iteration_is_never_pruned(tmp_path, monkeypatch):
+    """A pruner that wants every report pruned cannot discard a finished fit: a shallow method's
+    only iteration (and a deep method's last) completes."""
+    monkeypatch.setattr(tune_mod, "_pruner", lambda name: PruneAfterFirstValidation())
+    result = tune_mod.tune(CONFIG, "itq", 16, 2, tmp_path / "itq", sets=QUICK, echo=quiet)
+    assert [r["state"] for r in rows(tmp_path / "itq")] == ["complete", "complete"]
+    assert result.pruned == 0
+
+
 def test_the_median_pruner_is_wired_to_the_engine_reports(tmp_path):
     """Optuna's median pruner, as `schn tune` configures it, sees one value per outer iteration."""
     pruner = tune_mod._pruner("median")

@@ -5,7 +5,8 @@ with one seed, and is scored by the same evaluation. What may differ between met
 written into ``results.md``:
 
 - the schedule of the method's family: a shallow method is fitted once on the whole pool
-  (on frozen-backbone features, or raw pixels when the base config trains a backbone); a deep
+  (on frozen-backbone features, or raw pixels when the base config trains a backbone; a
+  ``--set train.iterations=...`` for the grid does not make it refit, ``sdh:train...`` would); a deep
   symmetric method's outer iteration is one epoch over the pool; asymmetric methods (SCHN,
   ADSH) keep the base config's schedule, ADSH with its paper's sample size;
 - method options: an option of the base config's ``method`` section (or a ``--set
@@ -114,6 +115,8 @@ def cell_config(base: dict, label: str, bits: int, sets: list[str], time_budget:
         if target is not None and target not in (label, name):
             continue
         (section, key), value = parse_override(text)
+        if target is None and cls.family == "shallow" and section == "train" and key in FAMILY_TRAIN["shallow"]:
+            continue  # a shallow method fits once on the whole pool whatever the deep schedule is
         if section == "method" and key not in options:
             not_applied.append(key)
             continue

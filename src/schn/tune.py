@@ -251,7 +251,9 @@ class _Objective:
 
         def report(iteration: int, score: float) -> None:
             trial.report(score, iteration)
-            if trial.should_prune():
+            # the last iteration's work is done: pruning it would only discard a finished result
+            # (a shallow method has only that one)
+            if iteration < cfg.train.iterations and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after outer iteration {iteration}")
 
         result = train_method(cfg, run.method, run.inputs, self.split, run.labels, run.device, progress=False,
