@@ -121,3 +121,73 @@ def test_resolved_cell_config_is_saved_in_each_run_folder(tmp_path):
     saved = yaml.safe_load((out / "dpsh-8b" / "config.yaml").read_text())
     assert saved["method"]["name"] == "dpsh" and saved["method"]["lr"] == 0.001
     assert saved["split"]["file"] == str(out / "split.json") and saved["train"]["bits"] == 8
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_seeds_run_every_cell_per_seed_on_one_split(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert _bench(out, "lsh,dpsh", "8", "--seeds", "0,1") == 0
+    names = {p.name for p in out.iterdir() if p.is_dir()}
+    assert names == {"lsh-8b-s0", "lsh-8b-s1", "dpsh-8b-s0", "dpsh-8b-s1"}
+    shared = json.loads((out / "split.json").read_text())
+    for name in names:
+        saved = yaml.safe_load((out / name / "config.yaml").read_text())
+        assert saved["run"]["seed"] == int(name[-1]) and saved["split"]["file"] == str(out / "split.json")
+        assert json.loads((out / name / "split.json").read_text())["query"] == shared["query"]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("dpsh", "0"), ("dpsh", "1"), ("lsh", "0"), ("lsh", "1")]
+    md = (out / "results.md").read_text()
+    maps = {m: [float(r["map"]) for r in rows if r["method"] == m] for m in ("lsh", "dpsh")}
+    mean = sum(maps["dpsh"]) / 2
+    std = abs(maps["dpsh"][0] - maps["dpsh"][1]) / 2**0.5  # the sample std of two values
+    assert f"| dpsh | 8 | 2 | {mean:.4f} ± {std:.4f}" in md or f"| dpsh | 8 | 2 | **{mean:.4f} ± {std:.4f}" in md
+    assert "Best against second best" in md and "Welch p=" in md and "Every cell" in md
+    # the anytime curve: a valid PNG; dpsh validates every iteration, lsh (fitted once) has no curve
+    png = (out / "anytime-8b.png").read_bytes()
+    assert png[:8] == PNG_MAGIC and len(png) > 5000
+    # a re-run finds every seed's cell finished; a seeds-less grid keeps the old names
+    assert _bench(out, "lsh,dpsh", "8", "--seeds", "0,1") == 0
+    assert "4 already finished, 0 to run" in capsys.readouterr().out
+
+
+def test_vary_split_draws_a_split_per_seed(tmp_path):
+    out = tmp_path / "v"
+    assert _bench(out, "lsh", "8", "--seeds", "3,4", "--vary-split") == 0
+    three, four = (json.loads((out / f"split-s{s}.json").read_text()) for s in (3, 4))
+    assert three["query"] != four["query"]
+    saved = yaml.safe_load((out / "lsh-8b-s4" / "config.yaml").read_text())
+    assert saved["split"]["seed"] == 4 and saved["split"]["file"] == str(out / "split-s4.json")
+    assert json.loads((out / "lsh-8b-s4" / "split.json").read_text())["query"] == four["query"]
+
+
+def test_split_overrides_shape_the_grid_split(tmp_path):
+    from schn.benchmark import _read_yaml, make_split_file
+
+    base = _read_yaml(Path(DIGITS))
+    a = json.loads(make_split_file(base, tmp_path / "a", ["split.seed=5"]).read_text())
+    b = json.loads(make_split_file(base, tmp_path / "b", []).read_text())
+    assert a["query"] != b["query"]
+
+
+def test_welch_verdict_on_fixed_numbers():
+    from schn.benchmark import separation
+
+    apart, p, text = separation([0.80, 0.81, 0.82], [0.70, 0.71, 0.72])
+    assert apart is True and p < 0.001 and "separated" in text
+    apart, p, text = separation([0.80, 0.90, 0.70], [0.79, 0.69, 0.85])
+    assert apart is False and p >= 0.05 and "not separated" in text
+    assert separation([0.8], [0.7, 0.6]) == (None, None, "n=1, not tested")
+    assert separation([0.8, 0.8], [0.7, 0.7])[0] is True  # no spread, different means
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0,0"], "lists a seed twice"),
+    (["--vary-split"], "pass --seeds too"),
+    (["--seeds", "0,x"], "comma-separated list of ints"),
+])
+def test_bad_seed_options_are_one_line(tmp_path, capsys, args, message):
+    assert _bench(tmp_path / "x", "lsh", "8", *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -65,3 +65,9 @@ def test_map_vs_bits_keeps_many_methods_apart(tmp_path):
     series = {f"m{i}": {"bits": [12, 24, 48], "map": [0.1 * (i % 9), 0.5, None]} for i in range(12)}
     path = P.plot_map_vs_bits(series, tmp_path / "m.png")
     assert path.is_file() and path.stat().st_size > 1000
+
+
+def test_anytime_curves(tmp_path):
+    series = {"a": {"seconds": [1.0, 2.0, 3.5], "map": [0.2, 0.4, 0.45]}, "b": {"seconds": [0.5], "map": [0.3]}}
+    out = P.plot_anytime(series, tmp_path / "anytime.png")
+    _check_png(out, tmp_path)

@@ -136,8 +136,9 @@ def cmd_benchmark(args) -> int:
     methods, bits = parse_list(args.methods), parse_list(args.bits, int)
     out = args.out or f"runs/benchmark-{Path(args.config).stem}"
     command = "schn " + " ".join(sys.argv[1:]) if sys.argv and Path(sys.argv[0]).name == "schn" else ""
+    seeds = None if args.seeds is None else parse_list(args.seeds, int)
     rows = run_benchmark(args.config, methods, bits, out, sets=args.set, time_budget=args.time_budget,
-                         curve_bits=args.curve_bits, command=command)
+                         curve_bits=args.curve_bits, command=command, seeds=seeds, vary_split=args.vary_split)
     failed = [r for r in rows if r["status"] != "done"]
     print(f"results: {Path(out) / 'results.md'}" + (f"  ({len(failed)} cell(s) failed)" if failed else ""))
     return 1 if failed else 0
@@ -214,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="equal training time per cell (lifts the iteration cap)")
     p.add_argument("--curve-bits", type=int, default=None, help="code length of the PR / P@N plots")
+    p.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="run every cell once per seed (run.seed) on the same split; results.md: mean ± std, n")
+    p.add_argument("--vary-split", action="store_true", help="with --seeds: redraw the split per seed as well")
     p.add_argument("-o", "--out", default=None, help="output folder (default runs/benchmark-<config name>)")
     p.set_defaults(func=cmd_benchmark)
 

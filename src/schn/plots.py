@@ -1,4 +1,4 @@
-"""Figures: PR curve over Hamming radius, precision@N curve, t-SNE of query codes.
+"""Figures: PR curve over Hamming radius, precision@N curve, t-SNE of query codes, anytime curves.
 
 Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly: no pyplot,
 so no global state and no display is needed. Every PNG is written atomically (temp file in
@@ -97,6 +97,14 @@ def plot_map_vs_bits(series, path, title="mAP against code length", ylabel="mAP"
     """mAP against code length, one line per method: ``{label: {"bits": [...], "map": [...]}}``."""
     wrapped = {label: {"map_vs_bits": values} for label, values in dict(series).items()}
     return _curves(wrapped, "map_vs_bits", "bits", "map", "code length (bits)", ylabel, title, path)
+
+
+def plot_anytime(series, path, title="Validation mAP against training time") -> Path:
+    """Anytime curves: validation mAP against cumulative training seconds, one line per method:
+    ``{label: {"seconds": [...], "map": [...]}}``."""
+    wrapped = {label: {"anytime": values} for label, values in dict(series).items()}
+    return _curves(wrapped, "anytime", "seconds", "map", "training seconds (cumulative, validation not counted)",
+                   "validation mAP", title, path)
 
 
 def plot_tsne(codes, labels_or_class_ids, class_names, path, seed=0, max_points=2000,
