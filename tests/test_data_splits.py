@@ -32,12 +32,13 @@ def check_disjoint(s: Split, n):
 
 
 def test_protocol_names():
-    assert list_splits() == ["cifar10", "mirflickr25k", "nuswide21", "per_class", "random"]
+    assert list_splits() == ["cifar10", "cifar10-1", "cifar10-2", "cifar10-adsh", "lists", "mirflickr25k",
+                             "mirflickr25k-adsh", "nuswide21", "per_class", "random"]
 
 
 def test_cifar10_per_class_sizes_and_val():
     items = Items()
-    s = make_split(items, SplitConfig(protocol="cifar10", query_per_class=5, val_size=10), seed=1)
+    s = make_split(items, SplitConfig(protocol="cifar10-adsh", query_per_class=5, val_size=10), seed=1)
     assert len(s.query) == 20 and len(s.database) == 100 and len(s.val) == 10 and len(s.train) == 90
     assert (items.labels[s.query].sum(0) == 5).all()
     check_disjoint(s, len(items))
@@ -55,20 +56,20 @@ def test_per_class_multi_label_draws_distinct_items():
 
 def test_random_and_mirflickr():
     items = Items()
-    for name in ("random", "mirflickr25k"):
+    for name in ("random", "mirflickr25k-adsh"):
         s = make_split(items, SplitConfig(protocol=name, query_size=25), seed=3)
         assert len(s.query) == 25 and len(s.database) == 95 and len(s.train) == 95
         check_disjoint(s, len(items))
 
 
-def test_nuswide21_by_group():
+def test_lists_by_group():
     groups = ["database_img"] * 100 + ["test_img"] * 20
     items = Items(groups=groups)
-    s = make_split(items, SplitConfig(protocol="nuswide21", val_size=5), seed=0)
+    s = make_split(items, SplitConfig(protocol="lists", val_size=5), seed=0)
     assert s.query.tolist() == list(range(100, 120)) and s.database.tolist() == list(range(100))
     check_disjoint(s, len(items))
     with pytest.raises(SchnError, match="groups: database_img, test_img"):
-        make_split(items, SplitConfig(protocol="nuswide21", query_group="test"), seed=0)
+        make_split(items, SplitConfig(protocol="lists", query_group="test"), seed=0)
 
 
 def test_determinism_and_unseeded():
@@ -85,7 +86,7 @@ def test_determinism_and_unseeded():
 def test_too_few_items():
     items = Items(per_class=3)
     with pytest.raises(SchnError, match="too few"):
-        make_split(items, SplitConfig(protocol="cifar10", query_per_class=100), seed=0)
+        make_split(items, SplitConfig(protocol="cifar10-adsh", query_per_class=100), seed=0)
     with pytest.raises(SchnError, match="query_size"):
         make_split(items, SplitConfig(protocol="random", query_size=1000), seed=0)
     with pytest.raises(SchnError, match="val_size"):
@@ -100,16 +101,16 @@ def test_too_few_items():
 
 def test_save_load_round_trip(tmp_path):
     items = Items()
-    s = make_split(items, SplitConfig(protocol="cifar10", query_per_class=3, val_size=4), seed=2)
+    s = make_split(items, SplitConfig(protocol="cifar10-adsh", query_per_class=3, val_size=4), seed=2)
     path = tmp_path / "run" / "split.json"
     s.save(str(path))
     assert [p.name for p in path.parent.iterdir()] == ["split.json"]  # no temp file left
     back = load_split(str(path), items)
-    assert back.protocol == "cifar10" and back.seed == 2 and back.n_items == 120
+    assert back.protocol == "cifar10-adsh" and back.seed == 2 and back.n_items == 120
     for p in ("query", "database", "train", "val"):
         assert np.array_equal(getattr(back, p), getattr(s, p))
     again = make_split(items, SplitConfig(file=str(path), protocol="random"), seed=99)
-    assert np.array_equal(again.query, s.query) and again.protocol == "cifar10"
+    assert np.array_equal(again.query, s.query) and again.protocol == "cifar10-adsh"
 
 
 def test_bad_split_files(tmp_path):

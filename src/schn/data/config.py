@@ -40,21 +40,48 @@ class DataConfig:
 
 @dataclass
 class SplitConfig:
-    # cifar10 | nuswide21 | mirflickr25k | per_class | random
-    protocol: str = "cifar10"
+    # Named protocols (schn.data.splits; `schn list` shows them), as the toolkits name them:
+    #   cifar10       DeepHash-pytorch: 100 queries + 500 training items per class, the rest
+    #                 = database (training is disjoint from the database)
+    #   cifar10-1     100 queries per class, the rest = database; 500 per class of the database train
+    #   cifar10-2     queries = group "test" (10,000), database = training = group "train" (50,000)
+    #   cifar10-adsh  SCHN/ADSH: 100 queries per class, the rest = database = training pool
+    #   nuswide21     100 queries + 500 training items per concept (distinct items), the rest =
+    #                 database; training drawn from the database
+    #   mirflickr25k  FIRe: 1,000 random queries, the rest = database, 4,000 of it train
+    #   mirflickr25k-adsh  1,000 random queries, the rest = database = training pool
+    #   lists         queries / database / training from list-file groups (NUS-WIDE's list
+    #                 files, HashNet's ImageNet-100 and MS-COCO train/database/test lists)
+    #   per_class, random  the generic ones behind cifar10-adsh and mirflickr25k-adsh
+    protocol: str = "per_class"
     query_per_class: float = bounded(100, 0, 10**9, above=True)  # int = items per class; a float < 1 = fraction of each class
+    # training items drawn per class (cifar10, cifar10-1, nuswide21, per_class); None = the
+    # protocol's published number (500; per_class: 0 = the whole database trains)
+    train_per_class: Optional[int] = bounded(None, 0, 10**9)
     query_size: int = bounded(1000, 1, 10**9)  # mirflickr25k / random
-    query_group: str = "test_img"  # nuswide21
-    database_group: str = "database_img"  # nuswide21; "" = every item not in the query group
-    val_size: int = bounded(0, 0, 10**9)  # items carved at random from the database for model selection
-    train_size: int = bounded(0, 0, 10**9)  # 0 = whole database minus val; else a random subset of it
+    query_group: str = "test_img"  # lists (HashNet's lists: "test")
+    database_group: str = "database_img"  # lists; "" = every item not in the query group
+    # lists: group of the training list ("train" for HashNet's lists); "" = the database trains.
+    # A training item whose path is also a database item's is that database item (one item,
+    # both roles); the others train from outside the database.
+    train_group: str = ""
+    # Items carved for model selection, never from the queries. When the protocol fixes a
+    # training set (cifar10, cifar10-1, nuswide21, lists with train_group, per_class with
+    # train_per_class): from database items outside training when there are enough of them
+    # (published training sizes are kept), else from the training set (removed from it).
+    # Otherwise: at random from the database, the rest of which trains.
+    val_size: int = bounded(0, 0, 10**9)
+    # training set size: 0 = all (the database minus val, or the protocol's fixed training set
+    # minus val); else a random subset of that; None = the protocol's (mirflickr25k: 4,000; else 0)
+    train_size: Optional[int] = bounded(None, 0, 10**9)
     seed: int = bounded(0, 0, 2**32 - 1)
     file: Optional[str] = None  # reload this saved split instead of drawing one
     seeded: bool = True  # False = authors' unseeded NumPy draw (OS entropy)
 
     def check(self) -> None:
-        for name in ("val_size", "train_size"):
-            if getattr(self, name) < 0:
-                raise SchnError(f"split.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("val_size", "train_size", "train_per_class"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise SchnError(f"split.{name} must be >= 0, got {value}")
         if self.query_per_class <= 0 or self.query_size <= 0:
             raise SchnError("split.query_per_class and split.query_size must be > 0")

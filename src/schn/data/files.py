@@ -153,6 +153,8 @@ KNOWN_LISTS = [  # (image list, label file candidates) of NUS-WIDE and MIRFlickr
     ("db_image.txt", ("database_label.txt",)),
     ("test_image_m.txt", ("test_label.txt",)),
 ]
+# HashNet's ImageNet-100 / MS-COCO releases: one file per part, each line "path l0 l1 ... lK-1"
+KNOWN_COMBINED = ("database.txt", "test.txt", "train.txt")
 
 
 def _known_lists(root: str) -> list[list[str]]:
@@ -162,9 +164,11 @@ def _known_lists(root: str) -> list[list[str]]:
         if os.path.isfile(os.path.join(root, images)) and label:
             pairs.append([images, label])
     if not pairs:
+        pairs = [[f] for f in KNOWN_COMBINED if os.path.isfile(os.path.join(root, f))]
+    if not pairs:
         names = ", ".join(f"{i} + {'/'.join(l)}" for i, l in KNOWN_LISTS)
-        raise SchnError(f"no known list files in {root} ({names}); "
-                        "set data.lists=[[images.txt, labels.txt]]")
+        raise SchnError(f"no known list files in {root} ({names}; or {', '.join(KNOWN_COMBINED)} "
+                        "with 'path labels' lines); set data.lists=[[images.txt, labels.txt]] or [[list.txt]]")
     return pairs
 
 
@@ -179,9 +183,9 @@ def _read_lines(path: str) -> list[str]:
     return lines
 
 
-def _parse_rows(path: str) -> list[list[int]]:
+def _parse_rows(path: str, lines: list[str] | None = None) -> list[list[int]]:
     rows = []
-    for lineno, line in enumerate(_read_lines(path), 1):
+    for lineno, line in enumerate(_read_lines(path) if lines is None else lines, 1):
         try:
             values = [float(v) for v in line.split()]
         except ValueError:
@@ -211,11 +215,21 @@ def read_image_list(cfg: DataConfig) -> HashingDataset:
     pairs = cfg.lists or _known_lists(cfg.root)
     parsed = []  # (group, image list path, image paths, label file, rows, format)
     for pair in pairs:
-        if len(pair) != 2:
-            raise SchnError(f"data.lists entry {pair} must be [image_list_file, label_file]")
-        image_file, label_file = (_resolve(cfg.root, p) for p in pair)
-        images = [line.strip() for line in _read_lines(image_file)]
-        rows = _parse_rows(label_file)
+        if len(pair) not in (1, 2):
+            raise SchnError(f"data.lists entry {pair} must be [image_list_file, label_file] or "
+                            "[list_file] with 'path labels' lines")
+        if len(pair) == 1:  # HashNet: "path l0 l1 ... lK-1" (a path holds no whitespace)
+            image_file = label_file = _resolve(cfg.root, pair[0])
+            lines = _read_lines(image_file)
+            images = [(line.split() or [""])[0] for line in lines]
+            for lineno, path in enumerate(images, 1):
+                if not path:
+                    raise SchnError(f"{image_file} line {lineno} is blank; each line must be 'path labels'")
+            rows = _parse_rows(label_file, [line.strip()[len(path):] for line, path in zip(lines, images)])
+        else:
+            image_file, label_file = (_resolve(cfg.root, p) for p in pair)
+            images = [line.strip() for line in _read_lines(image_file)]
+            rows = _parse_rows(label_file)
         if len(rows) < len(images) and cfg.label_format != "onehot":
             rows += [[]] * (len(images) - len(rows))  # blank trailing lines = unlabeled items
         if len(rows) != len(images):
@@ -251,5 +265,5 @@ def read_image_list(cfg: DataConfig) -> HashingDataset:
         groups += [group] * len(images)
     names = [str(c) for c in range(k)]
     source = FolderSource(cfg.root)
-    files = [p for _, image_file, _, label_file, *_ in parsed for p in (image_file, label_file)]
+    files = list(dict.fromkeys(p for _, image_file, _, label_file, *_ in parsed for p in (image_file, label_file)))
     return FileDataset(source, paths, np.concatenate(labels), names, groups, cfg, files, {})
