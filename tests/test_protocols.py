@@ -184,9 +184,11 @@ def test_mirflickr25k_fire_and_adsh(tmp_path):
     p = sets(s)
     assert len(s.query) == 10 and len(s.database) == 50 and len(s.train) == 20 and len(s.val) == 5
     assert p["train"] <= p["database"] and p["val"] <= p["database"] and not p["train"] & p["val"]
-    # unset train_size: FIRe's 4,000, more than this data set has
-    one_line_error(r"split.train_size=4000 exceeds the 50 database items left after val",
+    # train_size 0: FIRe's 4,000, more than this data set has
+    one_line_error(r"split.train_size=4000 exceeds the 50 database items left after val; lower it "
+                   r"\(mirflickr25k-adsh trains on the whole database\)",
                    make_split, ds, SplitConfig(protocol="mirflickr25k", query_size=10), seed=0)
+    assert SplitConfig().train_size == 0 and SplitConfig().protocol == "per_class"  # dumps as before
     adsh = make_split(ds, SplitConfig(protocol="mirflickr25k-adsh", query_size=10, val_size=5), seed=0)
     assert len(adsh.train) == 45
     fire = load_config(CONFIGS / "mirflickr25k.yaml")

@@ -71,9 +71,9 @@ class SplitConfig:
     # (published training sizes are kept), else from the training set (removed from it).
     # Otherwise: at random from the database, the rest of which trains.
     val_size: int = bounded(0, 0, 10**9)
-    # training set size: 0 = all (the database minus val, or the protocol's fixed training set
-    # minus val); else a random subset of that; None = the protocol's (mirflickr25k: 4,000; else 0)
-    train_size: Optional[int] = bounded(None, 0, 10**9)
+    # training set size: 0 = the protocol's (mirflickr25k: FIRe's 4,000; else all: the database
+    # minus val, or the protocol's fixed training set minus val); else a random subset of that
+    train_size: int = bounded(0, 0, 10**9)
     seed: int = bounded(0, 0, 2**32 - 1)
     file: Optional[str] = None  # reload this saved split instead of drawing one
     seeded: bool = True  # False = authors' unseeded NumPy draw (OS entropy)

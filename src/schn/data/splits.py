@@ -97,8 +97,9 @@ def make_split(dataset, cfg: SplitConfig, seed: Optional[int] = None) -> Split:
         val, rest = _carve_val(np.asarray(fixed, dtype=np.int64), np.asarray(database, np.int64), cfg, rng)
         left = "training items left after val"
     if train_size > len(rest):
-        raise SchnError(f"split.train_size={train_size} exceeds the {len(rest)} {left}; "
-                        "lower it (0 = all)")
+        hint = ("mirflickr25k-adsh trains on the whole database" if cfg.protocol in _DEFAULT_TRAIN_SIZE
+                else "0 = all")
+        raise SchnError(f"split.train_size={train_size} exceeds the {len(rest)} {left}; lower it ({hint})")
     if train_size and fixed is not None:
         rest = rng.permutation(rest)
     train = rest[:train_size] if train_size else rest
@@ -108,7 +109,7 @@ def make_split(dataset, cfg: SplitConfig, seed: Optional[int] = None) -> Split:
 
 
 def _train_size(cfg: SplitConfig) -> int:
-    if cfg.train_size is not None:
+    if cfg.train_size:
         return int(cfg.train_size)
     return _DEFAULT_TRAIN_SIZE.get(cfg.protocol, 0)
 
@@ -138,7 +139,7 @@ def _rest(n: int, query: np.ndarray) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
-_DEFAULT_TRAIN_SIZE = {"mirflickr25k": 4000}  # train_size None: FIRe's 4,000 training images
+_DEFAULT_TRAIN_SIZE = {"mirflickr25k": 4000}  # train_size 0: FIRe's 4,000 training images
 _DEFAULT_TRAIN_PER_CLASS = {"cifar10": 500, "cifar10-1": 500, "nuswide21": 500}
 
 
