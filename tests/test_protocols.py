@@ -241,6 +241,9 @@ def test_hashnet_lists_with_repeated_train_lines(tmp_path):
     # val from database items outside train.txt
     v = make_split(ds, lists_cfg(val_size=4), seed=0)
     assert len(v.val) == 4 and len(v.train) == 9 and set(v.val.tolist()) <= p["database"] - p["train"]
+    # database_group "": every item neither a query nor of the training list
+    rest = make_split(ds, SplitConfig(protocol="lists", query_group="test", database_group="", train_group="train"), seed=0)
+    assert rest.database.tolist() == list(range(18)) and np.array_equal(rest.train, s.train)
     # determinism
     a, b = make_split(ds, lists_cfg(val_size=4), seed=5), make_split(ds, lists_cfg(val_size=4), seed=5)
     assert np.array_equal(a.val, b.val) and np.array_equal(a.train, b.train)
@@ -264,6 +267,10 @@ def test_hashnet_lists_bad_input(tmp_path):
                                                train_group="trainval"), seed=0)
     one_line_error(r"split.query_group='test_img' is not a group", make_split, ds,
                    SplitConfig(protocol="lists", database_group="database"), seed=0)
+    # a path listed twice in train.txt trains once
+    (tmp_path / "train.txt").write_text("\n".join(lists["train"] + lists["train"][2:3] + lists["train"][:1]) + "\n")
+    twice = make_split(create_dataset(DataConfig(name="image_list", root=str(tmp_path))), lists_cfg(), seed=0)
+    assert len(twice.train) == 9
     # a training line repeating a query's path
     (tmp_path / "train.txt").write_text("\n".join(lists["train"] + [lists["test"][0]]) + "\n")
     bad = create_dataset(DataConfig(name="image_list", root=str(tmp_path)))

@@ -254,19 +254,21 @@ def by_group(dataset, cfg: SplitConfig, rng):
     item is that database item (HashNet's train.txt repeats database.txt lines): one item, both
     roles; the repeated line's own item belongs to no part."""
     query = _group(dataset, cfg.query_group, "split.query_group")
+    listed = _group(dataset, cfg.train_group, "split.train_group") if cfg.train_group else None
     if cfg.database_group:
         database = _group(dataset, cfg.database_group, "split.database_group")
-    else:
-        database = _rest(len(dataset), query)
-    if not cfg.train_group:
+    else:  # every item neither a query nor of the training list
+        database = _rest(len(dataset), query if listed is None else np.concatenate([query, listed]))
+    if listed is None:
         return query, database
-    listed = _group(dataset, cfg.train_group, "split.train_group")
     if cfg.train_group == cfg.database_group:
         return query, database, database
     ids = [str(i) for i in dataset.ids]
-    db_by_id = {ids[i]: i for i in database.tolist()}
+    db_by_id = {}
+    for i in database.tolist():
+        db_by_id.setdefault(ids[i], i)
     query_ids = {ids[i] for i in query.tolist()}
-    train = []
+    train = {}  # path -> item: a path listed twice trains once
     for i in listed.tolist():
         if ids[i] in query_ids:
             raise SchnError(f"training item {ids[i]} of group {cfg.train_group!r} is also a query; "
@@ -275,6 +277,5 @@ def by_group(dataset, cfg: SplitConfig, rng):
         if j != i and not np.array_equal(dataset.labels[i], dataset.labels[j]):
             raise SchnError(f"{ids[i]} has other labels in group {cfg.train_group!r} than in the "
                             "database; fix the list files")
-        train.append(j)
-    train = np.unique(np.asarray(train, dtype=np.int64))
-    return query, database, train
+        train.setdefault(ids[i], j)
+    return query, database, np.unique(np.fromiter(train.values(), dtype=np.int64, count=len(train)))
