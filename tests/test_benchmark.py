@@ -16,8 +16,8 @@ BASE = {"data": {"name": "digits"}, "model": {"backbone": "small_cnn", "weights"
         "method": {"name": "schn", "variant": "mmasia", "lr": 0.001}, "train": {"epochs_per_iteration": 3}}
 
 
-def _cell(label, sets=(), budget=None, base=BASE):
-    return cell_config(base, label, 16, list(sets), budget, Path("split.json"), Path("out"))
+def _cell(label, sets=(), budget=None, base=BASE, tuned=None):
+    return cell_config(base, label, 16, list(sets), budget, Path("split.json"), Path("out"), tuned=tuned)
 
 
 def test_base_method_options_apply_where_the_method_has_them():
@@ -189,5 +189,73 @@ def test_welch_verdict_on_fixed_numbers():
 ])
 def test_bad_seed_options_are_one_line(tmp_path, capsys, args, message):
     assert _bench(tmp_path / "x", "lsh", "8", *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_tuned_params_apply_after_the_schedule_and_before_set():
+    tuned = {"method.lr": 0.02, "method.eta": 3.0, "train.epochs_per_iteration": 4}
+    dpsh = _cell("dpsh", tuned=tuned).config
+    assert (dpsh.method.lr, dpsh.method.eta, dpsh.train.epochs_per_iteration) == (0.02, 3.0, 4)  # over the family's 1
+    dpsh = _cell("dpsh", sets=["dpsh:method.eta=7", "method.lr=0.5"], tuned=tuned).config
+    assert (dpsh.method.lr, dpsh.method.eta) == (0.5, 7.0)  # an explicit --set wins
+
+
+def test_per_bit_tuned_values_scale_with_the_cell_bits():
+    from schn.benchmark import _at_bits
+
+    assert _at_bits("dsh", {"method.margin": 64.0, "method.alpha": 0.1}, 32, 16) == \
+        {"method.margin": 32.0, "method.alpha": 0.1}
+    assert _at_bits("dsh", {"method.margin": 64.0}, None, 16) == {"method.margin": 64.0}
+
+
+def test_run_benchmark_with_tuned_params_records_them(tmp_path):
+    from schn.benchmark import run_benchmark
+
+    out = tmp_path / "t"
+    run_benchmark(DIGITS, ["lsh", "itq"], [8], out, sets=["itq:method.iterations=3"], echo=lambda s: None,
+                  tuned={"itq": {"method.iterations": 9}}, tuning_note="tuned by hand for the test")
+    assert yaml.safe_load((out / "itq-8b" / "config.yaml").read_text())["method"]["iterations"] == 3
+    run_benchmark(DIGITS, ["itq"], [8], tmp_path / "u", echo=lambda s: None, tuned={"itq": {"method.iterations": 9}},
+                  tuning_note="tuned by hand for the test")
+    assert yaml.safe_load((tmp_path / "u" / "itq-8b" / "config.yaml").read_text())["method"]["iterations"] == 9
+    md = (out / "results.md").read_text()
+    assert "## Tuning" in md and "tuned by hand for the test" in md and "- itq: method.iterations=9" in md
+    assert "- lsh: not tuned" in md
+
+
+def test_tune_trials_tune_every_method_once_then_the_grid(tmp_path, capsys):
+    out = tmp_path / "g"
+    args = ["--tune-trials", "2", "--tune-bits", "8"]
+    assert _bench(out, "lsh,itq", "8", *args) == 0
+    text = capsys.readouterr().out
+    assert "tune itq: 0 of 2 trials finished, 2 to run" in text and "tune lsh" not in text
+    assert (out / "tune" / "itq" / "split.json").read_text() == (out / "split.json").read_text()
+    best = json.loads((out / "tune" / "itq" / "best.json").read_text())
+    saved = yaml.safe_load((out / "itq-8b" / "config.yaml").read_text())
+    assert saved["method"]["iterations"] == best["params"]["method.iterations"]
+    md = (out / "results.md").read_text()
+    assert "same 2 trials at 8 bits" in md and "lsh: nothing to search" in md
+    # a re-run reuses the studies and the finished cells
+    assert _bench(out, "lsh,itq", "8", *args) == 0
+    text = capsys.readouterr().out
+    assert "tune itq: 2 of 2 trials finished, 0 to run" in text and "2 already finished, 0 to run" in text
+    # --tuned takes those studies for another grid
+    assert _bench(tmp_path / "h", "lsh,itq", "8", "--tuned", str(out / "tune")) == 0
+    saved = yaml.safe_load((tmp_path / "h" / "itq-8b" / "config.yaml").read_text())
+    assert saved["method"]["iterations"] == best["params"]["method.iterations"]
+    assert "earlier `schn tune` studies" in (tmp_path / "h" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tune-trials", "2", "--tuned", "x"], "pass one of them"),
+    (["--tune-bits", "8"], "only applies with --tune-trials"),
+    (["--tuned", "DIR"], "holds no study of itq"),
+    (["--tune-trials", "0"], "--tune-trials"),
+])
+def test_bad_tuning_options_are_one_line(tmp_path, capsys, args, message):
+    (tmp_path / "DIR").mkdir()
+    args = [str(tmp_path / "DIR") if a == "DIR" else a for a in args]
+    assert _bench(tmp_path / "x", "lsh,itq", "8", *args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

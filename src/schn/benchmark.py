@@ -22,7 +22,10 @@ best (Welch's t-test, p < 0.05); ``results.csv`` keeps every seed's row.
 
 Tuned (``tuned={label: {dotted key: value}}``, from ``schn tune`` studies): a method's tuned
 parameters apply to its cells after the family/method schedule above and before ``--set``
-(an explicit ``--set`` wins).
+(an explicit ``--set`` wins). ``--tune-trials N`` (``tune_methods``) first tunes every listed
+method with the same N trials and per-trial schedule into ``OUT/tune/<method>/`` on the grid's
+``OUT/split.json`` (a re-run continues the studies; lsh has nothing to search); ``--tuned DIR``
+(``read_tuned``) takes earlier studies ``DIR/<method>/best.json``.
 
 ``OUT/<method>-<bits>b/`` (without ``--seeds``) is a normal run folder. A re-run skips finished cells (those with
 ``metrics.json``), reruns unfinished ones, and refuses a finished cell whose config differs.
@@ -209,12 +212,12 @@ def run_benchmark(config: str | Path, methods: list[str], bits: list[int], out: 
                   sets: list[str] = (), time_budget: float | None = None, curve_bits: int | None = None,
                   echo=print, command: str = "", seeds: list[int] | None = None, vary_split: bool = False,
                   tuned: dict[str, dict] | None = None, tuning_note: str | None = None,
-                  tuned_bits: int | None = None) -> list[dict]:
+                  tuned_bits: int | dict[str, int] | None = None) -> list[dict]:
     """Run (or resume) the grid; writes results.csv/.md and the plots after every cell.
 
     ``seeds``: every cell once per seed (see the module docstring); ``vary_split``: a split per
     seed. ``tuned``: ``{label: {dotted key: value}}`` applied to that label's cells (before
-    ``sets``); ``tuned_bits``: the code length they were tuned at, so that a ``per_bit`` range's
+    ``sets``); ``tuned_bits``: the code length they were tuned at (one, or per label), so that a ``per_bit`` range's
     value (DSH's margin) scales with each cell's bits; ``tuning_note``: how they were tuned, for
     results.md."""
     from .runs import train_run
@@ -253,7 +256,9 @@ def run_benchmark(config: str | Path, methods: list[str], bits: list[int], out: 
 
     # every cell's config is checked before anything is written
     cells = [cell_config(base, label, b, list(sets), time_budget, split_of(seed), out, seed=seed,
-                         tuned=_at_bits(label, (tuned or {}).get(label), tuned_bits, b), vary_split=vary_split)
+                         tuned=_at_bits(label, (tuned or {}).get(label),
+                                        tuned_bits.get(label) if isinstance(tuned_bits, dict) else tuned_bits, b),
+                         vary_split=vary_split)
              for b in bits for label in methods for seed in (seeds if seeds is not None else [None])]
     out.mkdir(parents=True, exist_ok=True)
     for path, seed in {split_of(c.seed): c.seed for c in cells}.items():
@@ -297,6 +302,99 @@ def run_benchmark(config: str | Path, methods: list[str], bits: list[int], out: 
     if not todo:  # nothing ran, so nothing wrote the tables and plots yet
         write_results(out, ordered, meta, curve_bits)
     return ordered
+
+
+TUNE_DIR = "tune"  # OUT/tune/<label>/: the grid's studies (schn tune folders)
+
+
+def _sets_for(label: str, sets) -> list[str]:
+    """The overrides that reach ``label``'s cells: untargeted ones and those aimed at it."""
+    name = resolve_method(label)[0]
+    return [text for text in sets if split_target(text)[0] in (None, label, name)]
+
+
+def _searchable(label: str, sets) -> bool:
+    from .tune import _fixed_keys, method_space
+
+    fixed = _fixed_keys(_sets_for(label, sets))
+    return any(p.key not in fixed for p in method_space(label))
+
+
+def tune_methods(config: str | Path, methods: list[str], bits: list[int], out: str | Path, trials: int,
+                 tune_bits: int | None = None, sets=(), tune_sets=(), trial_budget: float | None = None,
+                 echo=print, command: str = "") -> tuple[dict[str, dict], str, int]:
+    """``schn benchmark --tune-trials N``: every listed method tuned by ``schn.tune.tune`` with the
+    same ``trials`` at ``tune_bits`` (default 32 if listed, else the first of ``bits``), under the
+    same per-trial schedule (the grid's ``sets``, then ``tune_sets``; ``trial_budget`` training
+    seconds), into ``OUT/tune/<label>``, on the grid's own ``OUT/split.json``. A re-run continues
+    the studies (nothing to run once they hold ``trials``). A method with nothing to search
+    (lsh, or every key fixed by --set) is not tuned. Returns (tuned, note, tune_bits)."""
+    from .tune import tune
+
+    out = Path(out)
+    check_range("--tune-trials", trials, 1, 100_000)
+    tune_bits = tune_bits if tune_bits is not None else (32 if 32 in bits else bits[0])
+    check_range("--tune-bits", tune_bits, 1, 1024)
+    for label in methods:
+        resolve_method(label)
+    base = _read_yaml(Path(config))
+    out.mkdir(parents=True, exist_ok=True)
+    split = make_split_file(base, out, sets)  # the tuner and the grid: one split
+    tuned, lines, skipped = {}, [], []
+    for label in methods:
+        method_sets = [*_sets_for(label, sets), *_sets_for(label, tune_sets)]
+        if not _searchable(label, method_sets):
+            skipped.append(label)
+            continue
+        folder = out / TUNE_DIR / label
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / SPLIT_FILE).is_file():
+            shutil.copyfile(split, folder / SPLIT_FILE)
+        result = tune(config, label, tune_bits, trials, folder, sets=method_sets, trial_budget=trial_budget,
+                      echo=echo, command=command)
+        if result.best_value is None:
+            lines.append(f"- {label}: no complete trial ({result.pruned} pruned, {result.failed} failed); "
+                         "its cells run with the defaults")
+            continue
+        tuned[label] = dict(result.best_params)
+        lines.append(f"- {label}: best validation mAP {result.best_value:.4f} ({result.complete} complete, "
+                     f"{result.pruned} pruned, {result.failed} failed trials; `{folder}`)")
+    budget = f"{trial_budget:g} training seconds per trial" if trial_budget else "the config's schedule per trial"
+    extra = f"; trial-only overrides: {', '.join(tune_sets)}" if tune_sets else ""
+    note = "\n".join([
+        f"Every method tuned by `schn tune` (Optuna, seeded TPE, median pruner) with the same {trials} trials at "
+        f"{tune_bits} bits on the validation split of the grid's split, {budget}{extra}; the studies are in "
+        f"`{out / TUNE_DIR}/<method>` (a re-run continues them).", "", *lines,
+        *([f"- {', '.join(skipped)}: nothing to search (empty search space), not tuned"] if skipped else [])])
+    return tuned, note, tune_bits
+
+
+def read_tuned(folder: str | Path, methods: list[str], sets=()) -> tuple[dict[str, dict], str, dict[str, int]]:
+    """``schn benchmark --tuned DIR``: the best parameters of earlier studies ``DIR/<label>``
+    (``best.json``); a method with nothing to search is run untuned; a missing study is an error."""
+    from .tune import load_tuned
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SchnError(f"--tuned {folder} is not a folder; pass the folder holding one study per method")
+    tuned, skipped, lines, at = {}, [], [], {}
+    for label in methods:
+        resolve_method(label)
+        if not _searchable(label, sets):
+            skipped.append(label)
+            continue
+        study = folder / label
+        if not (study / "best.json").is_file():
+            raise SchnError(f"--tuned {folder} holds no study of {label} ({study / 'best.json'} is missing); "
+                            f"tune it with `schn tune --method {label} -o {study}` or leave it out of --methods")
+        tuned[label] = load_tuned(study, label)
+        blob = json.loads((study / "best.json").read_text())
+        at[label] = blob.get("bits")
+        lines.append(f"- {label}: best validation mAP {blob['value']:.4f} at {blob.get('bits')} bits "
+                     f"({blob.get('complete')} complete, {blob.get('pruned')} pruned trials; `{study}`)")
+    note = "\n".join([f"Tuned parameters from earlier `schn tune` studies in `{folder}`.", "", *lines,
+                      *([f"- {', '.join(skipped)}: nothing to search, not tuned"] if skipped else [])])
+    return tuned, note, at
 
 
 def _at_bits(label: str, params: dict | None, tuned_bits: int | None, bits: int) -> dict | None:
@@ -478,8 +576,7 @@ def _tuning_lines(meta: dict) -> list[str]:
     lines = ["", "## Tuning", ""]
     if meta.get("tuning_note"):
         lines += [meta["tuning_note"], ""]
-    scaled = f" (tuned at {meta['tuned_bits']} bits; a per-bit range scales with each cell's bits)" \
-        if meta.get("tuned_bits") else ""
+    scaled = " (a per-bit range's value, DSH's margin, scales with each cell's bits)" if meta.get("tuned_bits") else ""
     lines.append(f"Tuned parameters, applied after the schedule defaults and before --set{scaled}:")
     lines.append("")
     for label in meta["methods"]:

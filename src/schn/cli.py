@@ -131,14 +131,29 @@ def _demo_search(run_dir: Path) -> None:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import parse_list, run_benchmark
+    from .benchmark import parse_list, read_tuned, run_benchmark, tune_methods
 
     methods, bits = parse_list(args.methods), parse_list(args.bits, int)
     out = args.out or f"runs/benchmark-{Path(args.config).stem}"
     command = "schn " + " ".join(sys.argv[1:]) if sys.argv and Path(sys.argv[0]).name == "schn" else ""
     seeds = None if args.seeds is None else parse_list(args.seeds, int)
+    if args.tune_trials is not None and args.tuned is not None:
+        raise SchnError("--tune-trials tunes the methods here and --tuned takes earlier studies; pass one of them")
+    lone = [flag for flag, value in (("--tune-bits", args.tune_bits), ("--tune-set", args.tune_set),
+                                     ("--tune-budget", args.tune_budget)) if value]
+    if lone and args.tune_trials is None:
+        raise SchnError(f"{', '.join(lone)} only applies with --tune-trials N")
+    tuned = note = tuned_bits = None
+    if args.tune_trials is not None:
+        tuned, note, tuned_bits = tune_methods(
+            args.config, methods, bits, out, args.tune_trials, tune_bits=args.tune_bits, sets=args.set,
+            tune_sets=args.tune_set, trial_budget=args.tune_budget if args.tune_budget else args.time_budget,
+            command=command)
+    elif args.tuned is not None:
+        tuned, note, tuned_bits = read_tuned(args.tuned, methods, args.set)
     rows = run_benchmark(args.config, methods, bits, out, sets=args.set, time_budget=args.time_budget,
-                         curve_bits=args.curve_bits, command=command, seeds=seeds, vary_split=args.vary_split)
+                         curve_bits=args.curve_bits, command=command, seeds=seeds, vary_split=args.vary_split,
+                         tuned=tuned, tuning_note=note, tuned_bits=tuned_bits)
     failed = [r for r in rows if r["status"] != "done"]
     print(f"results: {Path(out) / 'results.md'}" + (f"  ({len(failed)} cell(s) failed)" if failed else ""))
     return 1 if failed else 0
@@ -218,6 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default=None, metavar="S,S,...",
                    help="run every cell once per seed (run.seed) on the same split; results.md: mean ± std, n")
     p.add_argument("--vary-split", action="store_true", help="with --seeds: redraw the split per seed as well")
+    p.add_argument("--tune-trials", type=int, default=None, metavar="N",
+                   help="first tune every method with the same N Optuna trials into OUT/tune/<method> "
+                        "(a re-run continues the studies), then run the grid with the tuned parameters")
+    p.add_argument("--tune-bits", type=int, default=None, metavar="BITS",
+                   help="code length the studies tune at (default 32 if in --bits, else the first)")
+    p.add_argument("--tune-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for the tuning trials only (after --set), or METHOD:KEY=VALUE")
+    p.add_argument("--tune-budget", type=float, default=None, metavar="SECONDS",
+                   help="training seconds per trial (default: --time-budget, else the config's schedule)")
+    p.add_argument("--tuned", default=None, metavar="DIR",
+                   help="take tuned parameters from earlier studies DIR/<method>/best.json (schn tune folders)")
     p.add_argument("-o", "--out", default=None, help="output folder (default runs/benchmark-<config name>)")
     p.set_defaults(func=cmd_benchmark)
 
