@@ -208,6 +208,19 @@ def make_split_file(base: dict, out: Path, sets=(), path: Path | None = None, se
     return path
 
 
+def check_seeds(seeds: list[int] | None, vary_split: bool = False) -> None:
+    """One line for an empty or repeated seed list, a seed out of range, --vary-split without seeds."""
+    if seeds is not None:
+        if not seeds:
+            raise SchnError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
+        if len(set(seeds)) != len(seeds):
+            raise SchnError(f"--seeds lists a seed twice ({','.join(map(str, seeds))}); give each once")
+        for seed in seeds:
+            check_range("--seeds", seed, 0, 2**32 - 1)
+    if vary_split and seeds is None:
+        raise SchnError("--vary-split redraws the split per seed; pass --seeds too")
+
+
 def run_benchmark(config: str | Path, methods: list[str], bits: list[int], out: str | Path,
                   sets: list[str] = (), time_budget: float | None = None, curve_bits: int | None = None,
                   echo=print, command: str = "", seeds: list[int] | None = None, vary_split: bool = False,
@@ -231,15 +244,7 @@ def run_benchmark(config: str | Path, methods: list[str], bits: list[int], out: 
         check_range("--curve-bits", curve_bits, 1, 1024)
     if time_budget is not None:
         check_range("--time-budget", time_budget, 0, 10**8, above=True)
-    if seeds is not None:
-        if not seeds:
-            raise SchnError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
-        if len(set(seeds)) != len(seeds):
-            raise SchnError(f"--seeds lists a seed twice ({','.join(map(str, seeds))}); give each once")
-        for seed in seeds:
-            check_range("--seeds", seed, 0, 2**32 - 1)
-    if vary_split and seeds is None:
-        raise SchnError("--vary-split redraws the split per seed; pass --seeds too")
+    check_seeds(seeds, vary_split)
     unknown = sorted(set(tuned or {}) - set(methods))
     if unknown:
         raise SchnError(f"tuned parameters for {', '.join(unknown)}, which is not in --methods")

@@ -131,12 +131,13 @@ def _demo_search(run_dir: Path) -> None:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import parse_list, read_tuned, run_benchmark, tune_methods
+    from .benchmark import check_seeds, parse_list, read_tuned, run_benchmark, tune_methods
 
     methods, bits = parse_list(args.methods), parse_list(args.bits, int)
     out = args.out or f"runs/benchmark-{Path(args.config).stem}"
     command = "schn " + " ".join(sys.argv[1:]) if sys.argv and Path(sys.argv[0]).name == "schn" else ""
     seeds = None if args.seeds is None else parse_list(args.seeds, int)
+    check_seeds(seeds, args.vary_split)  # before any tuning
     if args.tune_trials is not None and args.tuned is not None:
         raise SchnError("--tune-trials tunes the methods here and --tuned takes earlier studies; pass one of them")
     lone = [flag for flag, value in (("--tune-bits", args.tune_bits), ("--tune-set", args.tune_set),
