@@ -281,3 +281,114 @@ def test_torch_inputs():
     qB, dB, qL, dL = random_case(2)
     t = [torch.as_tensor(a) for a in (qB, dB, qL, dL)]
     assert M.mean_average_precision(*t) == pytest.approx(M.mean_average_precision(qB, dB, qL, dL))
+
+
+# ---------- the fast validation mAP (stable ties) against the general pass ----------
+
+def ref_map_loop(qB, dB, qL, dL, depth=None, drop_last=False):
+    """Plain per-query loop with NumPy: stable ranking by doubled integer distance, AP@cut."""
+    qB, dB = np.asarray(qB, dtype=np.int64), np.asarray(dB, dtype=np.int64)
+    nd = len(dB)
+    cut = nd if depth is None else min(depth, nd)
+    if drop_last:
+        cut = min(cut, nd - 1)
+    aps = []
+    for q, ql in zip(qB, qL):
+        dist2 = qB.shape[1] - dB @ q
+        order = sorted(range(nd), key=lambda j: (dist2[j], j))[:cut]
+        rel = [bool(np.any(np.logical_and(ql, dL[j]))) for j in order]
+        hits, total = 0, 0.0
+        for i, r in enumerate(rel, start=1):
+            if r:
+                hits += 1
+                total += hits / i
+        aps.append(total / hits if hits else 0.0)
+    return float(np.mean(aps))
+
+
+def fast_case(seed, nq=9, nd=60, bits=5, k=4, zeros=False, single=False):
+    """Tiny codes (many ties), multi- or single-label, a query with nothing relevant, repeated
+    queries (same code and labels, same code other labels)."""
+    rng = np.random.default_rng(seed)
+    qB = rng.choice([-1, 1], size=(nq, bits)).astype(np.float32)
+    dB = rng.choice([-1, 1], size=(nd, bits)).astype(np.float32)
+    if zeros:
+        qB[rng.random(qB.shape) < 0.2] = 0
+        dB[rng.random(dB.shape) < 0.2] = 0
+    if single:
+        qL = np.eye(k, dtype=np.float32)[rng.integers(0, k, nq)]
+        dL = np.eye(k, dtype=np.float32)[rng.integers(0, k - 1, nd)]  # class k-1: nothing relevant
+        qL[0] = np.eye(k)[k - 1]
+    else:
+        qL = (rng.random((nq, k)) < 0.4).astype(np.float32)
+        dL = (rng.random((nd, k)) < 0.4).astype(np.float32)
+        qL[0] = 0
+    qB[1], qL[1] = qB[2], qL[2]  # a repeated query
+    qB[3] = qB[4]  # same code, maybe other labels
+    return qB, dB, qL, dL
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("depth,drop_last", [(None, False), (None, True), (1, False), (7, False),
+                                             (30, True), (59, False), (60, False), (1000, False)])
+def test_fast_map_equals_loop_and_general_pass(seed, depth, drop_last):
+    case = fast_case(seed, zeros=seed == 4, single=seed % 2 == 1)
+    fast = M.mean_average_precision(*case, depth=depth, drop_last=drop_last)
+    assert fast == pytest.approx(ref_map_loop(*case, depth=depth, drop_last=drop_last), abs=1e-12)
+    assert fast == M._mean_average_precision_reference(*case, depth=depth, drop_last=drop_last)
+
+
+@pytest.mark.parametrize("bits", [1, 8, 9, 31, 32, 33, 64, 65, 130])
+def test_fast_map_code_and_label_widths(bits):
+    # one-word codes narrowed to 8/16/32 bits, several words, labels wider than 64
+    rng = np.random.default_rng(bits)
+    qB = rng.choice([-1, 1], size=(6, bits))
+    dB = rng.choice([-1, 1], size=(50, bits))
+    qL = (rng.random((6, 70)) < 0.05).astype(np.uint8)
+    dL = (rng.random((50, 70)) < 0.05).astype(np.uint8)
+    for depth in (None, 10):
+        assert M.mean_average_precision(qB, dB, qL, dL, depth=depth) == \
+            M._mean_average_precision_reference(qB, dB, qL, dL, depth=depth)
+
+
+def test_fast_map_chunks_and_unstable_untouched():
+    case = fast_case(7)
+    whole = M.mean_average_precision(*case)
+    for chunk in (1, 2, 5):
+        assert M.mean_average_precision(*case, chunk_size=chunk) == whole
+    # ties="unstable" still takes the general pass
+    assert M.mean_average_precision(*case, ties="unstable") == \
+        M._mean_average_precision_reference(*case, ties="unstable")
+
+
+def test_fast_map_ties_keep_database_order():
+    # the hand-computed stable-tie case above, through the fast path
+    dL = one_hot([0, 1, 0, 0, 0])
+    assert M.mean_average_precision(Q, D, one_hot([0]), dL) == pytest.approx((1 / 2 + 2 / 3 + 3 / 4 + 4 / 5) / 4)
+    assert M.mean_average_precision(Q, D, one_hot([0]), dL, depth=2) == pytest.approx(1 / 2)
+
+
+def test_fast_map_property():
+    hyp = pytest.importorskip("hypothesis")
+    st = pytest.importorskip("hypothesis.strategies")
+
+    @hyp.settings(max_examples=150, deadline=None, derandomize=True)
+    @hyp.given(seed=st.integers(0, 2**32 - 1), nq=st.integers(1, 6), nd=st.integers(2, 40),
+               bits=st.integers(1, 40), k=st.integers(1, 12), p=st.floats(0.0, 1.0),
+               zeros=st.booleans(), depth=st.one_of(st.none(), st.integers(1, 45)),
+               drop_last=st.booleans())
+    def check(seed, nq, nd, bits, k, p, zeros, depth, drop_last):
+        rng = np.random.default_rng(seed)
+        qB = rng.choice([-1, 1], size=(nq, bits))
+        dB = rng.choice([-1, 1], size=(nd, bits))
+        if zeros:
+            qB[rng.random(qB.shape) < 0.3] = 0
+        if nq > 1:
+            qB[-1] = qB[0]
+        qL = (rng.random((nq, k)) < p).astype(np.uint8)
+        dL = (rng.random((nd, k)) < p).astype(np.uint8)
+        kw = dict(depth=depth, drop_last=drop_last)
+        assert M.mean_average_precision(qB, dB, qL, dL, **kw) == \
+            M._mean_average_precision_reference(qB, dB, qL, dL, **kw)
+
+    check()

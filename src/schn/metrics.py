@@ -225,10 +225,149 @@ def _within_radius(ret, got, radius):
 
 def mean_average_precision(qB, dB, qL, dL, depth=None, drop_last=False, ties="stable",
                            chunk_size=None) -> float:
-    """mAP@depth (``None`` = all); ``drop_last`` = the authors' mAP@all without the last item."""
+    """mAP@depth (``None`` = all); ``drop_last`` = the authors' mAP@all without the last item.
+
+    Same value, bit for bit, as :func:`_mean_average_precision_reference` (the general
+    :func:`_per_query` pass), but only ranks what AP reads: see :func:`_ap_stable`.
+    """
+    qB, dB, qL, dL = _inputs(qB, dB, qL, dL)
+    cut = _map_cut(len(dB), depth, drop_last)
+    _check_ties(ties)
+    if ties != "stable":  # plain argsort's tie order depends on the whole row: the general pass
+        return float(_per_query(qB, dB, qL, dL, cut=cut, ties=ties, chunk_size=chunk_size)["ap"].mean())
+    return float(_ap_stable(qB, dB, qL, dL, cut, chunk_size).mean())
+
+
+def _mean_average_precision_reference(qB, dB, qL, dL, depth=None, drop_last=False, ties="stable",
+                                      chunk_size=None) -> float:
+    """The general pass (full ranking of every row); what :func:`mean_average_precision` must equal."""
     qB, dB, qL, dL = _inputs(qB, dB, qL, dL)
     cut = _map_cut(len(dB), depth, drop_last)
     return float(_per_query(qB, dB, qL, dL, cut=cut, ties=ties, chunk_size=chunk_size)["ap"].mean())
+
+
+_FAST_CHUNK_BYTES = 8 * 2**20  # bytes of one (query chunk x database) temporary in _ap_stable
+
+
+def _narrow(words: np.ndarray, nbits: int) -> np.ndarray:
+    """One-word :func:`schn.codes.to_words` rows of at most 8/16/32 bits as uint8/16/32 (the same
+    leading bits, shifted down): a narrower XOR/AND and popcount, same counts."""
+    if words.shape[1] != 1 or nbits > 32:
+        return words
+    width = 8 if nbits <= 8 else 16 if nbits <= 16 else 32
+    return (words >> np.uint64(64 - width)).astype(np.dtype(f"uint{width}"))
+
+
+def _ap_stable(qB, dB, qL, dL, cut, chunk_size=None) -> np.ndarray:
+    """Per-query AP@cut under the stable ranking, equal to ``_per_query(...)["ap"]`` bit for bit.
+
+    - Distances: +-1 codes are packed (:mod:`schn.codes`) and compared by XOR + popcount into
+      uint8 distances; codes holding 0 keep the doubled integer distance of :func:`_per_query`.
+      Either key gives the same stable order (one is twice the other).
+    - Relevance depends only on a query's label row: queries are taken grouped by label row and
+      the relevant database items (``(q & d) != 0`` on packed label words) are listed once per
+      group, not per query.
+    - Ranking: NumPy's stable (radix) sort of the small integer keys, database order on ties as
+      before; below the full depth only the items up to the distance holding rank ``cut`` (found
+      by counting) are sorted. The relevant items' ranks are read off the inverse permutation.
+    - AP: ``cum / rank`` only at the relevant ranks, scattered into a zero row of length ``cut``
+      and summed as the general pass sums its row, so the float result is identical.
+    """
+    from .codes import pack, to_words
+
+    nq, bits = qB.shape
+    nd = dB.shape[0]
+    signed = not ((qB == 0).any() or (dB == 0).any())
+    levels = (bits if signed else 2 * bits) + 1
+    kdt = np.uint8 if levels <= 256 else np.uint16
+    if signed:
+        q_words, d_words = _narrow(to_words(pack(qB)), bits), _narrow(to_words(pack(dB)), bits)
+    ql_words, dl_words = _narrow(to_words(pack(qL)), qL.shape[1]), _narrow(to_words(pack(dL)), qL.shape[1])
+    if chunk_size is None:
+        # small chunks: the per-pair temporaries stay in cache (a few MiB), which is faster here
+        # than the big blocks of the general pass
+        widest = q_words.nbytes // len(q_words) if signed else 4
+        chunk_size = max(1, min(MEMORY_BUDGET, _FAST_CHUNK_BYTES) // (widest * nd))
+    # Queries grouped by label row; within a group, equal codes are next to each other (same
+    # ranking) and an equal (code, labels) pair has the same AP, computed once.
+    _, group = np.unique(ql_words, axis=0, return_inverse=True)
+    group = group.ravel()
+    if signed:
+        _, code = np.unique(q_words, axis=0, return_inverse=True)
+    else:
+        _, code = np.unique(qB, axis=0, return_inverse=True)
+    code = code.ravel()
+    by_group = np.lexsort((code, group))
+    ap = np.zeros(nq)
+    ranks = np.arange(1, cut + 1)
+    inv = np.empty(nd, dtype=np.intp)  # rank - 1 of every item (cut = not in the top cut)
+    everything = np.arange(nd, dtype=np.intp)
+    current = last_code = last_q = -1
+    rel_mask = rel_idx = dense = None
+    for s in range(0, nq, chunk_size):
+        rows = by_group[s:s + chunk_size]
+        if signed:
+            keys = _word_popcount(q_words[rows], d_words, np.bitwise_xor).astype(kdt, copy=False)
+        else:
+            keys = np.rint(bits - qB[rows] @ dB.T).astype(kdt)
+        for i, q in enumerate(rows):
+            if group[q] == current and code[q] == last_code:
+                ap[q] = ap[last_q]  # same labels, same code: same ranking and relevance
+                continue
+            last_code, last_q = code[q], q
+            if group[q] != current:
+                current = group[q]
+                rel_mask = (dl_words & ql_words[q]).any(axis=1)
+                rel_idx = np.flatnonzero(rel_mask)
+                dense = 4 * len(rel_idx) > nd  # then reading along the ranking is cheaper
+            if not len(rel_idx):
+                continue
+            k = keys[i]
+            cand = None
+            if cut < nd:
+                # The level holding rank `cut` (binary search on counts): items beyond it cannot
+                # enter the top `cut`, so only those up to it are sorted.
+                lo, hi = 0, levels - 1
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if np.count_nonzero(k <= mid) >= cut:
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                if lo < levels - 1:
+                    cand = np.flatnonzero(k <= lo)
+            if cand is None:
+                order = np.argsort(k, kind="stable")[:cut]
+            else:  # candidates in database order, then the same stable sort: same order
+                order = cand[np.argsort(k[cand], kind="stable")[:cut]]
+            if dense:  # many relevant: read them along the ranking
+                pos = np.flatnonzero(np.take(rel_mask, order))
+            else:  # few: look their ranks up in the inverse permutation
+                if cut < nd:
+                    inv.fill(cut)
+                inv[order] = everything[:cut]
+                pos = inv[rel_idx]
+                if cut < nd:
+                    pos = pos[pos < cut]
+                pos.sort()
+            # pos: relevant ranks - 1, in ranking order
+            if len(pos):
+                # the general pass's row of hits (0 where not relevant), summed the same way
+                hits = np.zeros(cut)
+                hits[pos] = np.arange(1, len(pos) + 1, dtype=np.int32) / ranks[pos]
+                ap[q] = hits.sum() / np.int32(len(pos))
+    return ap
+
+
+def _word_popcount(a_words, b_words, op) -> np.ndarray:
+    """``popcount(op(a, b))`` summed over the uint64 words, ``(len(a), len(b))``: uint8 for one
+    word, else uint16 (at most 16,000 bits)."""
+    total = np.bitwise_count(op(a_words[:, 0, None], b_words[None, :, 0]))
+    if a_words.shape[1] > 1:
+        total = total.astype(np.uint16)
+        for w in range(1, a_words.shape[1]):
+            total += np.bitwise_count(op(a_words[:, w, None], b_words[None, :, w]))
+    return total
 
 
 def pr_curve_by_radius(qB, dB, qL, dL, chunk_size=None) -> dict:
