@@ -303,6 +303,7 @@ def _ap_stable(qB, dB, qL, dL, cut, chunk_size=None) -> np.ndarray:
     inv = np.empty(nd, dtype=np.intp)  # rank - 1 of every item (cut = not in the top cut)
     everything = np.arange(nd, dtype=np.intp)
     current = last_code = last_q = -1
+    lo = levels // 2  # the distance holding rank cut, carried from query to query
     rel_mask = rel_idx = dense = None
     for s in range(0, nq, chunk_size):
         rows = by_group[s:s + chunk_size]
@@ -325,22 +326,20 @@ def _ap_stable(qB, dB, qL, dL, cut, chunk_size=None) -> np.ndarray:
             k = keys[i]
             cand = None
             if cut < nd:
-                # The level holding rank `cut` (binary search on counts): items beyond it cannot
-                # enter the top `cut`, so only those up to it are sorted.
-                lo, hi = 0, levels - 1
-                while lo < hi:
-                    mid = (lo + hi) // 2
-                    if np.count_nonzero(k <= mid) >= cut:
-                        hi = mid
-                    else:
-                        lo = mid + 1
+                # The level holding rank `cut`: the smallest lo with count(k <= lo) >= cut, by
+                # counting, from the previous query's (usually one or two counts away). Items
+                # beyond it cannot enter the top `cut`, so only those up to it are sorted.
+                while lo < levels - 1 and np.count_nonzero(k <= lo) < cut:
+                    lo += 1
+                while lo > 0 and np.count_nonzero(k <= lo - 1) >= cut:
+                    lo -= 1
                 if lo < levels - 1:
                     cand = np.flatnonzero(k <= lo)
             if cand is None:
                 order = np.argsort(k, kind="stable")[:cut]
             else:  # candidates in database order, then the same stable sort: same order
                 order = cand[np.argsort(k[cand], kind="stable")[:cut]]
-            if dense:  # many relevant: read them along the ranking
+            if dense or 2 * cut <= nd:  # many relevant, or a short top: read along the ranking
                 pos = np.flatnonzero(np.take(rel_mask, order))
             else:  # few: look their ranks up in the inverse permutation
                 if cut < nd:
