@@ -265,11 +265,11 @@ def _ap_stable(qB, dB, qL, dL, cut, chunk_size=None) -> np.ndarray:
       uint8 distances; codes holding 0 keep the doubled integer distance of :func:`_per_query`.
       Either key gives the same stable order (one is twice the other).
     - Relevance depends only on a query's label row: queries are taken grouped by label row and
-      the relevant database items (``(q & d) != 0`` on packed label words) are listed once per
-      group, not per query.
+      the relevance row (``(q & d) != 0`` on packed label words) is computed once per group,
+      not per query; a repeated (code, labels) query reuses its AP.
     - Ranking: NumPy's stable (radix) sort of the small integer keys, database order on ties as
       before; below the full depth only the items up to the distance holding rank ``cut`` (found
-      by counting) are sorted. The relevant items' ranks are read off the inverse permutation.
+      by counting) are sorted; the relevance is then read along the ranking.
     - AP: ``cum / rank`` only at the relevant ranks, scattered into a zero row of length ``cut``
       and summed as the general pass sums its row, so the float result is identical.
     """
@@ -300,11 +300,9 @@ def _ap_stable(qB, dB, qL, dL, cut, chunk_size=None) -> np.ndarray:
     by_group = np.lexsort((code, group))
     ap = np.zeros(nq)
     ranks = np.arange(1, cut + 1)
-    inv = np.empty(nd, dtype=np.intp)  # rank - 1 of every item (cut = not in the top cut)
-    everything = np.arange(nd, dtype=np.intp)
     current = last_code = last_q = -1
     lo = levels // 2  # the distance holding rank cut, carried from query to query
-    rel_mask = rel_idx = dense = None
+    rel_mask, n_rel = None, 0
     for s in range(0, nq, chunk_size):
         rows = by_group[s:s + chunk_size]
         if signed:
@@ -319,9 +317,8 @@ def _ap_stable(qB, dB, qL, dL, cut, chunk_size=None) -> np.ndarray:
             if group[q] != current:
                 current = group[q]
                 rel_mask = (dl_words & ql_words[q]).any(axis=1)
-                rel_idx = np.flatnonzero(rel_mask)
-                dense = 4 * len(rel_idx) > nd  # then reading along the ranking is cheaper
-            if not len(rel_idx):
+                n_rel = np.count_nonzero(rel_mask)
+            if not n_rel:
                 continue
             k = keys[i]
             cand = None
@@ -339,17 +336,7 @@ def _ap_stable(qB, dB, qL, dL, cut, chunk_size=None) -> np.ndarray:
                 order = np.argsort(k, kind="stable")[:cut]
             else:  # candidates in database order, then the same stable sort: same order
                 order = cand[np.argsort(k[cand], kind="stable")[:cut]]
-            if dense or 2 * cut <= nd:  # many relevant, or a short top: read along the ranking
-                pos = np.flatnonzero(np.take(rel_mask, order))
-            else:  # few: look their ranks up in the inverse permutation
-                if cut < nd:
-                    inv.fill(cut)
-                inv[order] = everything[:cut]
-                pos = inv[rel_idx]
-                if cut < nd:
-                    pos = pos[pos < cut]
-                pos.sort()
-            # pos: relevant ranks - 1, in ranking order
+            pos = np.flatnonzero(np.take(rel_mask, order))  # relevant ranks - 1, in order
             if len(pos):
                 # the general pass's row of hits (0 where not relevant), summed the same way
                 hits = np.zeros(cut)
