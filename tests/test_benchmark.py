@@ -152,6 +152,19 @@ def test_seeds_run_every_cell_per_seed_on_one_split(tmp_path, capsys):
     assert "4 already finished, 0 to run" in capsys.readouterr().out
 
 
+def test_report_only_tabulates_the_finished_cells_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert _bench(out, "lsh", "8", "--seeds", "0") == 0
+    capsys.readouterr()
+    assert _bench(out, "lsh,itq", "8", "--seeds", "0,1", "--report-only") == 0
+    assert "1 already finished, 3 to run" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["lsh-8b-s0"]  # nothing trained
+    rows = {(r["method"], r["seed"]): r["status"] for r in csv.DictReader((out / "results.csv").open())}
+    assert rows == {("lsh", "0"): "done", ("lsh", "1"): "not run", ("itq", "0"): "not run", ("itq", "1"): "not run"}
+    md = (out / "results.md").read_text()
+    assert "| lsh | 8 | 1 |" in md and "1 not run yet" in md and "| itq | 8 | 0 |" in md
+
+
 def test_vary_split_draws_a_split_per_seed(tmp_path):
     out = tmp_path / "v"
     assert _bench(out, "lsh", "8", "--seeds", "3,4", "--vary-split") == 0
@@ -252,6 +265,7 @@ def test_tune_trials_tune_every_method_once_then_the_grid(tmp_path, capsys):
     (["--tune-bits", "8"], "only applies with --tune-trials"),
     (["--tuned", "DIR"], "holds no study of itq"),
     (["--tune-trials", "0"], "--tune-trials"),
+    (["--tune-trials", "2", "--report-only"], "--report-only trains nothing"),
 ])
 def test_bad_tuning_options_are_one_line(tmp_path, capsys, args, message):
     (tmp_path / "DIR").mkdir()

@@ -63,6 +63,7 @@ COLUMNS = ("method", "bits", "seed", "status", "map", "precision_at_radius_2", "
 BEST_COLUMNS = ("map", "precision_at_radius_2", "precision_at_1000")
 UNLIMITED_ITERATIONS = 100_000
 SPLIT_FILE = "split.json"  # the grid's one split, beside its cells
+NOT_RUN = "not run"  # a cell's status in a --report-only table while it is unfinished
 ALPHA = 0.05  # Welch's t-test level at which the best mean counts as separated from the second
 
 
@@ -225,8 +226,9 @@ def run_benchmark(config: str | Path, methods: list[str], bits: list[int], out: 
                   sets: list[str] = (), time_budget: float | None = None, curve_bits: int | None = None,
                   echo=print, command: str = "", seeds: list[int] | None = None, vary_split: bool = False,
                   tuned: dict[str, dict] | None = None, tuning_note: str | None = None,
-                  tuned_bits: int | dict[str, int] | None = None) -> list[dict]:
+                  tuned_bits: int | dict[str, int] | None = None, report_only: bool = False) -> list[dict]:
     """Run (or resume) the grid; writes results.csv/.md and the plots after every cell.
+    ``report_only``: train nothing; the tables of the finished cells, the rest marked ``not run``.
 
     ``seeds``: every cell once per seed (see the module docstring); ``vary_split``: a split per
     seed. ``tuned``: ``{label: {dotted key: value}}`` applied to that label's cells (before
@@ -284,6 +286,9 @@ def run_benchmark(config: str | Path, methods: list[str], bits: list[int], out: 
             "time_budget": time_budget, "command": command, "cells": cells,
             "split": out / ("split-s<seed>.json" if vary_split else SPLIT_FILE), "seeds": seeds,
             "vary_split": vary_split, "tuned": tuned, "tuning_note": tuning_note, "tuned_bits": tuned_bits}
+    if report_only:
+        rows.update({c.name: _row(c, out / c.name, NOT_RUN, "not run yet") for c in todo})
+        todo = []
     for i, cell in enumerate(todo):
         run_dir = out / cell.name
         if run_dir.exists():  # an unfinished cell of an interrupted run: start it again
@@ -480,8 +485,10 @@ def summarize(rows: list[dict], methods: list[str], bits: list[int]) -> list[dic
             if not mine:
                 continue
             done = [r for r in mine if r["status"] == "done"]
-            entry = {"method": label, "bits": b, "n": len(done), "failed": len(mine) - len(done),
-                     "messages": sorted({r["message"] for r in mine if r["status"] != "done"})}
+            failed = [r for r in mine if r["status"] not in ("done", NOT_RUN)]
+            entry = {"method": label, "bits": b, "n": len(done), "failed": len(failed),
+                     "not_run": len(mine) - len(done) - len(failed),
+                     "messages": sorted({r["message"] for r in failed})}
             for col in (*BEST_COLUMNS, "train_seconds"):
                 values = [float(r[col]) for r in done if r.get(col) is not None]
                 entry[col] = values
@@ -634,7 +641,8 @@ def _seeded_markdown(rows: list[dict], meta: dict) -> str:
                     text += " †"
             cells.append(text)
         cells += [_pm(e["train_seconds_mean"], e["train_seconds_std"], 0),
-                  str(e["failed"]) + (f" ({'; '.join(e['messages'])})" if e["failed"] else "")]
+                  str(e["failed"]) + (f" ({'; '.join(e['messages'])})" if e["failed"] else "")
+                  + (f"; {e['not_run']} not run yet" if e["not_run"] else "")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Best against second best (mAP)", ""]
     for b, (top, second, verdict) in sorted(verdicts.items()):

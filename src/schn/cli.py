@@ -131,7 +131,7 @@ def _demo_search(run_dir: Path) -> None:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import check_seeds, parse_list, read_tuned, run_benchmark, tune_methods
+    from .benchmark import NOT_RUN, check_seeds, parse_list, read_tuned, run_benchmark, tune_methods
 
     methods, bits = parse_list(args.methods), parse_list(args.bits, int)
     out = args.out or f"runs/benchmark-{Path(args.config).stem}"
@@ -144,6 +144,8 @@ def cmd_benchmark(args) -> int:
                                      ("--tune-budget", args.tune_budget)) if value]
     if lone and args.tune_trials is None:
         raise SchnError(f"{', '.join(lone)} only applies with --tune-trials N")
+    if args.report_only and args.tune_trials is not None:
+        raise SchnError("--report-only trains nothing, so it cannot --tune-trials; use --tuned DIR with it")
     tuned = note = tuned_bits = None
     if args.tune_trials is not None:
         tuned, note, tuned_bits = tune_methods(
@@ -154,8 +156,8 @@ def cmd_benchmark(args) -> int:
         tuned, note, tuned_bits = read_tuned(args.tuned, methods, args.set)
     rows = run_benchmark(args.config, methods, bits, out, sets=args.set, time_budget=args.time_budget,
                          curve_bits=args.curve_bits, command=command, seeds=seeds, vary_split=args.vary_split,
-                         tuned=tuned, tuning_note=note, tuned_bits=tuned_bits)
-    failed = [r for r in rows if r["status"] != "done"]
+                         tuned=tuned, tuning_note=note, tuned_bits=tuned_bits, report_only=args.report_only)
+    failed = [r for r in rows if r["status"] not in ("done", NOT_RUN)]
     print(f"results: {Path(out) / 'results.md'}" + (f"  ({len(failed)} cell(s) failed)" if failed else ""))
     return 1 if failed else 0
 
@@ -234,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default=None, metavar="S,S,...",
                    help="run every cell once per seed (run.seed) on the same split; results.md: mean ± std, n")
     p.add_argument("--vary-split", action="store_true", help="with --seeds: redraw the split per seed as well")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the tables and plots of the finished cells, the rest marked not run")
     p.add_argument("--tune-trials", type=int, default=None, metavar="N",
                    help="first tune every method with the same N Optuna trials into OUT/tune/<method> "
                         "(a re-run continues the studies), then run the grid with the tuned parameters")
