@@ -320,29 +320,37 @@ def _ap_stable(qB, dB, qL, dL, cut, chunk_size=None) -> np.ndarray:
                 n_rel = np.count_nonzero(rel_mask)
             if not n_rel:
                 continue
-            k = keys[i]
-            cand = None
-            if cut < nd:
-                # The level holding rank `cut`: the smallest lo with count(k <= lo) >= cut, by
-                # counting, from the previous query's (usually one or two counts away). Items
-                # beyond it cannot enter the top `cut`, so only those up to it are sorted.
-                while lo < levels - 1 and np.count_nonzero(k <= lo) < cut:
-                    lo += 1
-                while lo > 0 and np.count_nonzero(k <= lo - 1) >= cut:
-                    lo -= 1
-                if lo < levels - 1:
-                    cand = np.flatnonzero(k <= lo)
-            if cand is None:
-                order = np.argsort(k, kind="stable")[:cut]
-            else:  # candidates in database order, then the same stable sort: same order
-                order = cand[np.argsort(k[cand], kind="stable")[:cut]]
-            pos = np.flatnonzero(np.take(rel_mask, order))  # relevant ranks - 1, in order
-            if len(pos):
-                # the general pass's row of hits (0 where not relevant), summed the same way
-                hits = np.zeros(cut)
-                hits[pos] = np.arange(1, len(pos) + 1, dtype=np.int32) / ranks[pos]
-                ap[q] = hits.sum() / np.int32(len(pos))
+            order, lo = _stable_top(keys[i], cut, levels, lo)
+            ap[q] = _ap_along(np.take(rel_mask, order), ranks, cut)
     return ap
+
+
+def _stable_top(k: np.ndarray, cut: int, levels: int, lo: int) -> tuple[np.ndarray, int]:
+    """The first ``cut`` database items of the stable ranking by the integer keys ``k``, and the
+    key level ``lo`` holding rank ``cut`` (the smallest with count(k <= lo) >= cut), found by
+    counting from the previous query's ``lo`` (usually one or two counts away). Items beyond it
+    cannot enter the top, so only those up to it are sorted."""
+    if cut >= len(k):
+        return np.argsort(k, kind="stable"), lo
+    while lo < levels - 1 and np.count_nonzero(k <= lo) < cut:
+        lo += 1
+    while lo > 0 and np.count_nonzero(k <= lo - 1) >= cut:
+        lo -= 1
+    if lo == levels - 1:
+        return np.argsort(k, kind="stable")[:cut], lo
+    cand = np.flatnonzero(k <= lo)  # in database order, then the same stable sort: same order
+    return cand[np.argsort(k[cand], kind="stable")[:cut]], lo
+
+
+def _ap_along(relevant: np.ndarray, ranks: np.ndarray, cut: int) -> float:
+    """AP of one ranking from its relevance row, summed as the general pass sums its row of hits
+    (0 where not relevant), so that the float result is the same."""
+    pos = np.flatnonzero(relevant)  # relevant ranks - 1, in order
+    if not len(pos):
+        return 0.0
+    hits = np.zeros(cut)
+    hits[pos] = np.arange(1, len(pos) + 1, dtype=np.int32) / ranks[pos]
+    return hits.sum() / np.int32(len(pos))
 
 
 def _word_popcount(a_words, b_words, op) -> np.ndarray:
