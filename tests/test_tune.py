@@ -13,7 +13,7 @@ import yaml
 
 from schn import tune as tune_mod
 from schn.cli import main
-from schn.config import TrainConfig, load_config
+from schn.config import TrainConfig, config_from_dict, load_config
 from schn.errors import SchnError
 from schn.methods import METHODS, list_methods
 from schn.space import Param, check_space
@@ -57,6 +57,18 @@ def test_an_invalid_space_is_one_line(space, message):
         check_space(space, {"method": cls.config_class, "train": TrainConfig}, 32, "dpsh")
 
 
+def test_the_first_trial_of_a_study_is_the_configs_own_values_clipped_into_the_space():
+    raw = load_config(CONFIG).to_dict()
+    raw["method"], raw["train"]["num_samples"] = {"name": "dsh", "weight_decay": 0.0, "margin": 64.0}, 10
+    cfg = config_from_dict(raw)
+    space = METHODS.get("dsh").search_space + (Param("train.num_samples", 500, 20_000, log=True, integer=True),)
+    params = tune_mod.default_params(cfg, space, 32)
+    assert params["method.lr"] == cfg.method.lr and params["train.batch_size"] == cfg.train.batch_size
+    assert params["method.weight_decay"] == 1e-7  # 0 lies below the log range: its low end
+    assert params["train.num_samples"] == 500 and isinstance(params["train.num_samples"], int)
+    assert params["method.margin"] == 2.0  # per-bit: 64 at 32 bits, in units of the code length
+
+
 def test_a_study_writes_its_outputs_and_best_yaml_trains(tmp_path, capsys):
     out = tmp_path / "itq"
     lines = []
@@ -70,6 +82,7 @@ def test_a_study_writes_its_outputs_and_best_yaml_trains(tmp_path, capsys):
     best = json.loads((out / "best.json").read_text())
     assert best["value"] == max(float(r["value"]) for r in table)
     assert best["params"]["method.iterations"] == int(table[best["trial"]]["method.iterations"])
+    assert table[0]["method.iterations"] == str(METHODS.get("itq").config_class().iterations)  # the default
     assert (out / "history.png").stat().st_size > 0 and (out / "importance.png").stat().st_size > 0
     cfg = load_config(out / "best.yaml")
     assert cfg.method_name == "itq" and cfg.method.iterations == best["params"]["method.iterations"]

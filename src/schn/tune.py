@@ -208,12 +208,28 @@ def tune(config: str | Path, label: str, bits: int, trials: int, out: str | Path
                     "space": [p.describe() for p in space], "schedule": dump_config(trial_cfg)}
         url = storage or f"sqlite:///{(out / STUDY_FILE).resolve()}"
         study = open_study(url, pruner, trial_cfg.run.seed, identity)
+        if not study.trials:
+            study.enqueue_trial(default_params(trial_cfg, space, bits))
         objective = _Objective(trial_cfg, space, bits, dataset, split)
         _optimise(study, objective, trials, echo, label)
         result = _write_outputs(study, out, cell.config, space, label, bits, command)
     finally:
         os.close(lock)
     return result
+
+
+def default_params(cfg: Config, space, bits: int) -> dict:
+    """The config's own values of the searched keys (the method's paper defaults, the base
+    config's schedule), clipped into the space: a new study's first trial, so that tuning starts
+    from the defaults and a method is never tuned below them on validation by bad luck."""
+    params = {}
+    for p in space:
+        value = getattr(getattr(cfg, p.section), p.name)
+        if value is None:
+            continue
+        value = min(max(float(value) / (bits if p.per_bit else 1), p.low), p.high)
+        params[p.key] = int(round(value)) if p.integer else value
+    return params
 
 
 def _study_split(config, sets, dataset, path: Path):
