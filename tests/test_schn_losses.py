@@ -60,3 +60,26 @@ def test_asymmetric_loss_matches_loops():
     quant = sum((U[i, k] - B[i, k]) ** 2 for i in range(m) for k in range(c)) / (m * c)
     expected = (12 / c) * pair + gamma * quant
     assert torch.allclose(asymmetric_loss(U, B, S, gamma), torch.as_tensor(expected), rtol=1e-5)
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_soft_similarity_is_adsh_balanced_similarity(multi):
+    # SCHN's pairing and update_scope options build S~ in blocks with ADSH's functions: same values
+    from schn.methods.adsh import adsh_similarity, balance_ratio
+    gen = torch.Generator().manual_seed(4)
+    a, b = random_labels(gen, 6, 3, multi), random_labels(gen, 11, 3, multi)
+    assert torch.allclose(adsh_similarity(a, b, balance_ratio(a, b)), soft_similarity(a, b), atol=1e-6)
+
+
+def test_asymmetric_loss_against_other_codes_matches_loops():
+    gen = torch.Generator().manual_seed(2)
+    m, n, c, gamma = 4, 7, 3, 5.0
+    U = torch.rand(m, c, generator=gen) * 2 - 1
+    B_own = torch.randint(0, 2, (m, c), generator=gen).float() * 2 - 1
+    B_pair = torch.randint(0, 2, (n, c), generator=gen).float() * 2 - 1
+    S = torch.rand(m, n, generator=gen) * 2 - 1
+    pair = sum((c * S[i, j] - sum(U[i, k] * B_pair[j, k] for k in range(c))) ** 2
+               for i in range(m) for j in range(n)) / (m * n)
+    quant = sum((U[i, k] - B_own[i, k]) ** 2 for i in range(m) for k in range(c)) / (m * c)
+    expected = (12 / c) * pair + gamma * quant
+    assert torch.allclose(asymmetric_loss(U, B_own, S, gamma, B_pair), torch.as_tensor(expected), rtol=1e-5)

@@ -266,3 +266,66 @@ def test_the_authors_full_second_pass_gives_the_same_training_as_the_fresh_one()
     state = fresh.state_dict()
     assert all(torch.equal(state[k], full.state_dict()[k]) for k in state)  # the same values, more work
     assert not all(torch.equal(state[k], reuse.state_dict()[k]) for k in state)  # pre-step outputs: not equal
+
+
+# ----- the departures from method.md (issue 14), each off by default -----
+def test_departure_options_are_validated():
+    for bad in ({"update_scope": "all"}, {"pairing": "pool"}, {"detach_cycle_inputs": "maybe"}):
+        with pytest.raises(SchnError):
+            method_config("schn", bad)
+    cfg = SCHNConfig()
+    assert (cfg.update_scope, cfg.pairing, cfg.detach_cycle_inputs) == ("sampled", "batch", True)
+
+
+def test_update_scope_database_updates_every_code_with_the_database_update():
+    from schn.methods.adsh import balance_ratio, similarity_t_times
+    from schn.methods.schn_loss import database_update
+    method, x, y = make(seed=2, update_scope="database", dropout=0.0)
+    pos = torch.tensor([0, 5, 9, 13, 14])
+    method.begin_iteration(0, pos.numpy())
+    method.training_step(x[pos], y[pos], pos, record=True)
+    B0, U, U_Z = method.database_codes(), method._rec["image"][pos], method._rec["latent"][pos]
+    with torch.no_grad():
+        U_L = method.label_net(y)[1]
+        S_t_U = similarity_t_times(y[pos], y, U, balance_ratio(y[pos], y))
+        expected = database_update(B0, U, pos, S_t_U, U_L, U_Z, 10.0, 2.0, 0.1)
+    stats = method.end_iteration()
+    assert stats["codes_updated"] == N
+    assert torch.equal(method.database_codes(), expected)
+    outside = torch.ones(N, dtype=torch.bool)
+    outside[pos] = False
+    assert not torch.equal(expected[outside], B0[outside])  # codes never sampled move too
+
+
+@pytest.mark.parametrize("pairing", ["sampled", "database"])
+def test_pairing_compares_a_batch_with_omegas_or_every_code_on_balanced_rows(pairing):
+    from schn.methods.adsh import adsh_similarity, balance_ratio
+    from schn.methods.schn_loss import asymmetric_loss
+    method, x, y = make(seed=1, pairing=pairing, dropout=0.0)
+    omega = torch.tensor([1, 2, 3, 6, 7, 8, 11])
+    method.begin_iteration(0, omega.numpy())
+    batch = omega[:4]
+    terms, out = method.compute_losses(x[batch], y[batch], batch)
+    other = omega if pairing == "sampled" else torch.arange(N)
+    S = adsh_similarity(y[batch], y[other], balance_ratio(y[omega], y[other]))
+    B = method.database_codes()
+    expected = asymmetric_loss(out["image"], B[batch], S, 10.0, B[other])
+    assert torch.allclose(terms["loss_image"], expected)
+    # before any outer iteration (no Omega yet) a batch is paired with every code
+    fresh, x, y = make(seed=1, pairing=pairing, dropout=0.0)
+    assert torch.isfinite(fresh.compute_losses(x[:4], y[:4], torch.arange(4))[0]["loss"])
+
+
+def test_undetached_cycle_inputs_let_the_cycle_train_the_image_and_label_nets():
+    torch.manual_seed(0)
+    labels = torch.eye(K)[torch.arange(N) % K]
+    grads = {}
+    for detach in (True, False):
+        cfg = SCHNConfig(detach_cycle_inputs=detach, **SMALL)
+        method = create_method("schn", cfg, nn.Linear(D, D), D, K, BITS, labels, "cpu")
+        terms, _ = method.compute_losses(torch.randn(8, D), labels[:8], torch.arange(8))
+        method.zero_grad(set_to_none=True)
+        terms["loss_latent"].backward()
+        grads[detach] = [any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+                         for net in (method.image_net.backbone, method.label_net)]
+    assert grads == {True: [False, False], False: [True, True]}

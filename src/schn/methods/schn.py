@@ -13,6 +13,9 @@ Decisions where that page is silent:
   ``lr * backbone_lr_scale``;
 - the ``U_I``, ``U_L``, ``U_Z`` kept for the discrete update are those of the training forward
   pass (train mode) of the iteration's last epoch; a position seen twice keeps the last one.
+
+Departures from method.md, each an option that is off by default (``update_scope``, ``pairing``,
+``detach_cycle_inputs``): see :class:`SCHNConfig`; their measured effects are in RESULTS.md.
 """
 from __future__ import annotations
 
@@ -26,12 +29,14 @@ from ..bounds import bounded
 from .. import distributed
 from ..errors import SchnError
 from ..space import ASYMMETRIC_SPACE, Param
+from .adsh import adsh_similarity, balance_ratio, similarity_t_times
 from .base import HashingMethod
 from .common import (ImageNet, adam, backbone_groups, check_choice, check_method_inputs, check_positive,
                      generator_from_global_rng)
 from .schn_loss import (
     SIGN_ZERO_CHOICES,
     asymmetric_loss,
+    database_update,
     discrete_objective,
     discrete_update,
     similarity,
@@ -52,6 +57,8 @@ __all__ = [
 ]
 
 INIT_CODES_CHOICES = ("random", "zeros")
+UPDATE_SCOPE_CHOICES = ("sampled", "database")
+PAIRING_CHOICES = ("batch", "sampled", "database")
 
 
 @dataclass
@@ -83,6 +90,16 @@ class SCHNConfig:
     # image and label nets after the step on L, without gradient; "full": the same values with
     # gradient, as the authors' code runs it; "reuse": the step's own outputs (no second pass)
     adversarial_pass: str = "fresh"
+    # Departures from method.md (issue 14), each off by default; measured in RESULTS.md.
+    # "database": after each outer iteration every database code is updated (ADSH's scope), with
+    # S~ over Omega x D and U_L from the label net over every item's labels; "sampled" = method.md
+    update_scope: str = "sampled"
+    # the pair term of the losses against the batch's own codes ("batch", method.md), every code of
+    # Omega ("sampled") or every database code ("database"), the last two with the balanced S~ rows
+    pairing: str = "batch"
+    # False: the interaction module's inputs keep their gradient, so the cycle (latent and
+    # reconstruction terms) trains the image and label nets; True = method.md
+    detach_cycle_inputs: bool = True
 
     def __post_init__(self):
         self.validate()
@@ -92,6 +109,7 @@ class SCHNConfig:
             "variant": VARIANT_CHOICES, "init_codes": INIT_CODES_CHOICES,
             "latent_activation": LATENT_ACTIVATION_CHOICES, "sign_zero": SIGN_ZERO_CHOICES,
             "graph_norm": GRAPH_NORM_CHOICES, "adversarial_pass": ("fresh", "full", "reuse"),
+            "update_scope": UPDATE_SCOPE_CHOICES, "pairing": PAIRING_CHOICES,
         }
         for name, allowed in choices.items():
             check_choice(self, name, allowed)
@@ -103,8 +121,9 @@ class SCHNConfig:
                 raise SchnError(f"method option {name}={getattr(self, name)!r} must be a positive integer")
         if not 0 <= self.dropout < 1:
             raise SchnError(f"method option dropout={self.dropout!r} must be in [0, 1)")
-        if not isinstance(self.full_similarity, bool):
-            raise SchnError(f"method option full_similarity={self.full_similarity!r} must be true or false")
+        for name in ("full_similarity", "detach_cycle_inputs"):
+            if not isinstance(getattr(self, name), bool):
+                raise SchnError(f"method option {name}={getattr(self, name)!r} must be true or false")
 
 
 class SCHN(HashingMethod):
@@ -166,6 +185,7 @@ class SCHN(HashingMethod):
         }
         if self.discriminator is not None:
             self.optimizers["discriminator"] = make_adam(self.discriminator.parameters())
+        self._omega = self._pair_ratio = None  # the outer iteration's sampled set, for pairing
         self._clear_records()
 
     # ----- records of the last epoch, for the discrete update -----
@@ -175,6 +195,25 @@ class SCHN(HashingMethod):
 
     def begin_iteration(self, iteration, sample) -> None:
         self._clear_records()
+        self._omega = torch.as_tensor(sample, device=self.B.device).long()
+        self._pair_ratio = None
+
+    def _pairs(self, labels) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The codes a batch's pair term compares with (None: its own) and its similarity rows:
+        {0, 1} against its own codes (method.md), else the balanced S~ rows (+1 / -P/N, the ratio
+        over Omega x Omega or Omega x D, as the discrete update's S~) against Omega's or all codes."""
+        if self.config.pairing == "batch":
+            return None, similarity(labels, labels)
+        omega = self._omega  # None before the first outer iteration
+        sampled = self.config.pairing == "sampled" and omega is not None
+        other = self.train_labels[omega] if sampled else self.train_labels
+        if omega is None:
+            ratio = balance_ratio(labels, other)
+        elif self._pair_ratio is None:
+            ratio = self._pair_ratio = balance_ratio(self.train_labels[omega], other)
+        else:
+            ratio = self._pair_ratio
+        return (self.B[omega] if sampled else self.B), adsh_similarity(labels, other, ratio)
 
     # ----- mini-batch -----
     @staticmethod
@@ -194,22 +233,25 @@ class SCHN(HashingMethod):
         with self.precision.autocast():
             F_I, U_I = self.parallel_image_net()(inputs)
         # under torchrun: the whole global batch on every process (one process: unchanged); fp32 losses
-        F_I, U_I = distributed.gather_rows(F_I.detach().float()), distributed.gather_rows(U_I.float(), grad_scale=True)
+        detach = cfg.detach_cycle_inputs
+        F_I = distributed.gather_rows(F_I.detach().float()) if detach else distributed.gather_rows(
+            F_I.float(), grad_scale=True)
+        U_I = distributed.gather_rows(U_I.float(), grad_scale=True)
         labels, positions = distributed.gather_rows(labels), distributed.gather_rows(positions)
         F_L, U_L = self.label_net(labels)
         B_b = self.B[positions]
-        S_b = similarity(labels, labels)
+        B_pair, S_b = self._pairs(labels)
         g = cfg.gamma
         terms = {
-            "loss_image": asymmetric_loss(U_I, B_b, S_b, g),
-            "loss_label": cfg.label_loss_weight * asymmetric_loss(U_L, B_b, S_b, g),
+            "loss_image": asymmetric_loss(U_I, B_b, S_b, g, B_pair),
+            "loss_label": cfg.label_loss_weight * asymmetric_loss(U_L, B_b, S_b, g, B_pair),
         }
         latent = torch.zeros_like(U_I)
         if self.uses_interaction():
-            out = self.interaction(F_I.detach(), F_L.detach(), self.label_graph(labels))
+            out = self.interaction(F_I, F_L.detach() if detach else F_L, self.label_graph(labels))
             latent = out.latent
             target_I, target_L = (U_I.detach(), U_L.detach()) if cfg.detach_rec_targets else (U_I, U_L)
-            terms["loss_latent"] = cfg.latent_loss_weight * asymmetric_loss(out.latent, B_b, S_b, g)
+            terms["loss_latent"] = cfg.latent_loss_weight * asymmetric_loss(out.latent, B_b, S_b, g, B_pair)
             terms["loss_rec_image"] = cfg.rec_loss_weight * ((out.rec_image - target_I) ** 2).mean()
             terms["loss_rec_label"] = cfg.rec_loss_weight * ((out.rec_label - target_L) ** 2).mean()
         terms["loss"] = sum(terms.values())
@@ -295,6 +337,8 @@ class SCHN(HashingMethod):
         if omega.numel() == 0:
             return {}
         cfg = self.config
+        if cfg.update_scope == "database":
+            return self._update_every_code(omega)
         labels = self.train_labels[omega]
         if cfg.full_similarity:
             # Authors' way: r is taken over the whole Omega x D matrix, then Omega x Omega is kept.
@@ -309,6 +353,19 @@ class SCHN(HashingMethod):
         self.B[omega] = new
         self._clear_records()
         return {"bits_changed": float((new != old).float().mean()), "codes_updated": float(omega.numel())}
+
+    def _update_every_code(self, omega) -> dict[str, float]:
+        cfg = self.config
+        U, labels = self._rec["image"][omega], self.train_labels[omega]
+        S_t_U = similarity_t_times(labels, self.train_labels, U, balance_ratio(labels, self.train_labels))
+        rows, inverse = torch.unique(self.train_labels, dim=0, return_inverse=True)
+        U_L = self.label_net(rows)[1][inverse]  # the label net sees labels only: one pass per label row
+        new = database_update(self.B, U, omega, S_t_U, U_L, self._rec["latent"][omega], cfg.gamma, cfg.alpha,
+                              cfg.beta, cfg.sign_zero)
+        changed = float((new != self.B).float().mean())
+        self.B.copy_(new)
+        self._clear_records()
+        return {"bits_changed": changed, "codes_updated": float(len(new))}
 
     # ----- codes -----
     @torch.no_grad()

@@ -32,10 +32,15 @@ def soft_similarity(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Ten
     return s.mul_(1 + r).sub_(r)
 
 
-def asymmetric_loss(U: torch.Tensor, B_b: torch.Tensor, S_b: torch.Tensor, gamma: float) -> torch.Tensor:
-    """``l(U) = (12/c) mean((c S_b - U B_b^T)^2) + gamma mean((U - B_b)^2)``, ``S_b`` in {0, 1}."""
+def asymmetric_loss(U: torch.Tensor, B_b: torch.Tensor, S_b: torch.Tensor, gamma: float,
+                    B_pair: torch.Tensor | None = None) -> torch.Tensor:
+    """``l(U) = (12/c) mean((c S_b - U B_b^T)^2) + gamma mean((U - B_b)^2)``, ``S_b`` in {0, 1}.
+
+    ``B_pair``: the codes the pair term compares the batch with (``pairing`` = sampled or
+    database; ``S_b`` then holds the batch's rows against them); the quantisation term keeps the
+    batch's own codes ``B_b``."""
     c = U.shape[1]
-    pair_term = ((c * S_b - U @ B_b.T) ** 2).mean()
+    pair_term = ((c * S_b - U @ (B_b if B_pair is None else B_pair).T) ** 2).mean()
     return (12.0 / c) * pair_term + gamma * ((U - B_b) ** 2).mean()
 
 
@@ -47,11 +52,18 @@ def _sign(x: torch.Tensor, sign_zero: str) -> torch.Tensor:
     raise SchnError(f"sign_zero must be one of {', '.join(SIGN_ZERO_CHOICES)}, got {sign_zero!r}")
 
 
-def _linear_target(U, U_L, U_Z, S_tilde, gamma, alpha, beta) -> torch.Tensor:
-    """``P = Q + alpha U_L + beta U_Z`` with ``Q = c S~^T U + gamma U`` (method.md, step 2)."""
+def _linear_target(U, U_L, U_Z, S_t_U, gamma, alpha, beta, omega=None) -> torch.Tensor:
+    """``P = Q + alpha U_L + beta U_Z`` with ``Q = c S~^T U + gamma U`` (method.md, step 2).
+
+    ``S_t_U`` is ``S~^T U``. With ``omega`` (the rows of ``Omega`` among ``n`` database rows,
+    ``S_t_U`` and ``U_L`` then ``n x c``) the gamma and beta terms enter those rows only: the
+    target of :func:`database_update`."""
     c = U.shape[1]
-    Q = c * (S_tilde.T @ U) + gamma * U
-    return Q + alpha * U_L + beta * U_Z
+    if omega is None:
+        return c * S_t_U + gamma * U + alpha * U_L + beta * U_Z
+    P = c * S_t_U + alpha * U_L
+    P[omega] += gamma * U + beta * U_Z
+    return P
 
 
 def discrete_update(
@@ -71,7 +83,11 @@ def discrete_update(
     each column using the columns already updated in this sweep. Each column is the exact
     minimiser of :func:`discrete_objective` given the others.
     """
-    P = _linear_target(U, U_L, U_Z, S_tilde, gamma, alpha, beta)
+    P = _linear_target(U, U_L, U_Z, S_tilde.T @ U, gamma, alpha, beta)
+    return _sweep(B, U, P, sign_zero)
+
+
+def _sweep(B, U, P, sign_zero):
     _sign(P[:0], sign_zero)  # an unknown sign_zero fails before the sweep
     return bitwise_sweep(B, U, P, sign=lambda x: _sign(x, sign_zero))
 
@@ -93,5 +109,34 @@ def discrete_objective(
     As a function of column ``k`` it is ``2 B_k . (B_!k U_!k^T U_k - P_k)`` + const, because
     ``||B_k||^2 = m``; hence the sign rule of :func:`discrete_update` minimises it exactly.
     """
-    P = _linear_target(U, U_L, U_Z, S_tilde, gamma, alpha, beta)
+    P = _linear_target(U, U_L, U_Z, S_tilde.T @ U, gamma, alpha, beta)
+    return ((B @ U.T) ** 2).sum() - 2 * (B * P).sum()
+
+
+def database_update(
+    B: torch.Tensor,
+    U: torch.Tensor,
+    omega: torch.Tensor,
+    S_t_U: torch.Tensor,
+    U_L: torch.Tensor,
+    U_Z: torch.Tensor,
+    gamma: float,
+    alpha: float,
+    beta: float,
+    sign_zero: str = "plus_one",
+) -> torch.Tensor:
+    """One sweep over the bits of *every* database code (``update_scope="database"``, as ADSH).
+
+    ``B`` (n x c) all codes; ``U``, ``U_Z`` (m x c) the outputs of the rows ``omega``; ``U_L``
+    (n x c) the label network over every item's label row; ``S_t_U`` = ``S~(Omega x D)^T U``
+    (n x c). Minimises, column by column exactly, :func:`database_objective`:
+    ``||U B^T - c S~||^2 + gamma ||B_Omega - U||^2 + alpha ||B - U_L||^2 + beta ||B_Omega - U_Z||^2``.
+    With ``omega`` = every row it is :func:`discrete_update`.
+    """
+    return _sweep(B, U, _linear_target(U, U_L, U_Z, S_t_U, gamma, alpha, beta, omega), sign_zero)
+
+
+def database_objective(B, U, omega, S_t_U, U_L, U_Z, gamma: float, alpha: float, beta: float) -> torch.Tensor:
+    """:func:`discrete_objective` of :func:`database_update`, up to a constant independent of ``B``."""
+    P = _linear_target(U, U_L, U_Z, S_t_U, gamma, alpha, beta, omega)
     return ((B @ U.T) ** 2).sum() - 2 * (B * P).sum()
