@@ -158,3 +158,25 @@ def test_efficientnet_lite0_matches_package_features():
     with torch.inference_mode():
         want = ref.eval()._avg_pooling(ref.extract_features(x)).flatten(1)
         assert torch.allclose(net.eval()(x), want, atol=1e-5)
+
+
+def test_mlp_head_wraps_deep_methods_backbones_only_and_keeps_a_frozen_backbone_frozen():
+    from torch import nn as tnn
+
+    from schn.backbones import HiddenLayer, ModelConfig, with_head
+    frozen = tnn.Sequential(tnn.Linear(6, 5), tnn.Dropout(0.5)).requires_grad_(False)
+    linear, mlp = ModelConfig(), ModelConfig(head="mlp", head_hidden=7, head_dropout=0.2)
+    assert with_head(linear, frozen, 5, "deep") == (frozen, 5)
+    assert with_head(mlp, frozen, 5, "shallow") == (frozen, 5)  # shallow methods fit on the backbone's features
+    net, width = with_head(mlp, frozen, 5, "asymmetric")
+    assert isinstance(net, HiddenLayer) and width == 7
+    net.train()
+    assert not frozen.training and net.layer.training
+    x = torch.randn(4, 6)
+    out = net(x)
+    assert out.shape == (4, 7) and (out >= 0).all()
+    out.sum().backward()
+    assert all(p.grad is None for p in frozen.parameters())
+    assert all(p.grad is not None for p in net.layer.parameters())
+    with pytest.raises(SchnError):
+        ModelConfig(head="deep").check()

@@ -38,6 +38,9 @@ def setup(tmp_path_factory):
     config = root / "c.yaml"
     config.write_text("method:\n  name: schn\n  lr: 0.001\n")
     assert main(["train", "--config", str(config), *args, "--quiet"]) == 0
+    # the same with a trainable hidden layer between the cached features and the hash layer
+    assert main(["train", "--config", str(config), *args, "--set", "run.name=mlp", "--set", "model.head=mlp",
+                 "--set", "model.head_hidden=16", "--set", "model.head_dropout=0.5", "--quiet"]) == 0
     return root
 
 
@@ -48,8 +51,9 @@ def test_features_are_cached_once(setup):
     assert meta["backbone"] == "resnet18" and meta["n"] == 24 and meta["dim"] == 512
 
 
-def test_encode_new_images_through_the_frozen_backbone_matches_cached_features(setup):
-    run = setup / "runs" / "r"
+@pytest.mark.parametrize("name", ["r", "mlp"])
+def test_encode_new_images_through_the_frozen_backbone_matches_cached_features(setup, name):
+    run = setup / "runs" / name
     saved = np.load(run / "codes.npz")
     split = json.loads((run / "split.json").read_text())
     files = sorted((setup / "images").rglob("*.png"))  # the reader's order: sorted classes, files

@@ -34,6 +34,9 @@ LITE_STD = (128 / 255,) * 3
 DOWNLOAD_TIMEOUT_S = 30
 
 
+HEADS = ("linear", "mlp")
+
+
 @dataclass
 class ModelConfig:
     """Image network options.
@@ -48,6 +51,10 @@ class ModelConfig:
     cache_dir: where frozen-mode features are cached.
     feature_precision: frozen mode only: "fp32", or "bf16" to compute the cached features under
         bfloat16 autocast (about 2.5x faster on a CPU with bf16 support; part of the cache key).
+    head: "linear" (backbone features straight into the hash layer) or "mlp": a trainable hidden
+        layer ``Linear(d, head_hidden) -> ReLU -> Dropout(head_dropout)`` between them, for every
+        deep method (shallow ones fit on the backbone's features): the analogue of the AlexNet
+        fc6/fc7 the papers fine-tune, whose output is the ``F`` a method sees (SCHN's ``F_I``).
     """
 
     backbone: str = "small_cnn"
@@ -57,14 +64,51 @@ class ModelConfig:
     cache_dir: str = ".cache/features"
     feature_precision: str = "fp32"
     width: Optional[int] = bounded(None, 1, 4096)  # small_cnn channel width w (features 8w); None = 32
+    head: str = "linear"
+    head_hidden: int = bounded(1024, 1, 65_536)
+    head_dropout: float = bounded(0.0, 0, 0.99)
 
     def check(self) -> None:
+        if self.head not in HEADS:
+            raise SchnError(f"model.head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.feature_precision not in ("fp32", "bf16"):
             raise SchnError(f"model.feature_precision must be fp32 or bf16, got {self.feature_precision!r}")
         if self.frozen and self.weights in ("", "none"):
             raise SchnError("model.frozen=true needs pretrained weights: set model.weights=imagenet or a state-dict path")
         if self.input_size is not None and self.input_size < 8:
             raise SchnError(f"model.input_size must be at least 8, got {self.input_size}")
+
+
+class HiddenLayer(nn.Module):
+    """``model.head=mlp``: a backbone followed by ``Linear(d, h) -> ReLU -> Dropout``; its output
+    is the feature ``F`` (width ``h``). A backbone without trainable parameters (cached features,
+    a frozen CNN) keeps running without gradient and in eval mode, as ``ImageNet`` runs it."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.backbone = backbone
+        self.layer = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.feature_dim = hidden
+        self.frozen_backbone = not any(p.requires_grad for p in backbone.parameters())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_backbone):
+            features = self.backbone(x).flatten(1)
+        return self.layer(features)
+
+
+def with_head(cfg: ModelConfig, backbone: nn.Module, feature_dim: int, family: str) -> tuple[nn.Module, int]:
+    """The network part before the hash layer and its width: the backbone itself, or with
+    ``model.head=mlp`` the backbone and a hidden layer (deep methods only)."""
+    if cfg.head == "linear" or family == "shallow":
+        return backbone, feature_dim
+    return HiddenLayer(backbone, feature_dim, cfg.head_hidden, cfg.head_dropout), cfg.head_hidden
 
 
 class Backbone(nn.Module):

@@ -29,7 +29,8 @@ from .errors import SchnError
 from .evaluate import evaluate_method
 from .fileio import atomic_path, read_torch, write_json, write_text
 from .inputs import ModelInputs, backbone_for, resolve_device
-from .methods import create_method
+from .backbones import with_head
+from .methods import METHODS, create_method
 
 CHECKPOINT_FORMAT = "schn-checkpoint-1"
 CURVE_KEYS = ("pr_curve", "p_at_n_curve")
@@ -128,7 +129,8 @@ def prepare_run(cfg: Config, progress: bool = True, dataset=None, split=None) ->
     inputs = ModelInputs(cfg.model, dataset, device, progress=progress, num_workers=cfg.train.num_workers)
     labels = np.asarray(dataset.labels)
     train_labels = torch.as_tensor(labels[split.train], dtype=torch.float32)
-    method = create_method(cfg.method_name, cfg.method, inputs.backbone, inputs.feature_dim, labels.shape[1],
+    network, width = with_head(cfg.model, inputs.backbone, inputs.feature_dim, METHODS.get(cfg.method_name).family)
+    method = create_method(cfg.method_name, cfg.method, network, width, labels.shape[1],
                            cfg.train.bits, train_labels, device)
     return PreparedRun(dataset, split, inputs, labels, method, device)
 
@@ -262,6 +264,7 @@ def open_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
         backbone = backbone_for(cfg.model, spec["channels"], spec["input_size"], weights="none")
         feature_dim = backbone.feature_dim
     train_labels = torch.zeros(ckpt["n_train"], ckpt["num_classes"])
+    backbone, feature_dim = with_head(cfg.model, backbone, feature_dim, METHODS.get(cfg.method_name).family)
     method = create_method(cfg.method_name, cfg.method, backbone, feature_dim, ckpt["num_classes"],
                            ckpt["bits"], train_labels, dev)
     method.load_state_dict(ckpt["state"])
