@@ -71,3 +71,70 @@ def test_early_stopping_ends_a_run_whose_validation_map_stopped_improving(tmp_pa
     assert [r["iteration"] for r in log] == list(range(1, best + 3))
     scores = [r["val_map"] for r in log]
     assert max(scores) == scores[best - 1] == metrics["best_val_map"] and max(scores[best:]) <= scores[best - 1]
+
+
+def _digits_cfg(tmp_path, method, *sets):
+    from pathlib import Path
+
+    import yaml
+
+    from schn.config import load_config
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "digits.yaml").read_text())
+    raw["method"] = method
+    config = tmp_path / "digits.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return load_config(config, ["train.iterations=2", "train.epochs_per_iteration=1", "train.bits=16",
+                                "model.backbone=pixels", f"run.out_dir={tmp_path}", *sets])
+
+
+def _trained(cfg):
+    from schn.engine import seed_everything, train_method
+    from schn.runs import prepare_run
+
+    seed_everything(cfg.run.seed)
+    run = prepare_run(cfg, progress=False)
+    return run.method, train_method(cfg, run.method, run.inputs, run.split, run.labels, run.device, progress=False)
+
+
+def test_final_fit_trains_the_image_net_against_fixed_codes_and_is_kept_only_if_validation_holds(tmp_path):
+    import torch
+
+    for name in ("schn", "adsh"):
+        method, result = _trained(_digits_cfg(tmp_path, {"name": name, "lr": 0.01}, "train.final_fit_epochs=2"))
+        fit = result.final_fit
+        assert fit["epochs"] == 2 and fit["val_map"] is not None
+        assert fit["kept"] == (fit["val_map"] >= result.best_val_map)
+        # the same run without the fit: the same learned codes; a kept fit moved the image net
+        plain, unfitted = _trained(_digits_cfg(tmp_path, {"name": name, "lr": 0.01}))
+        assert unfitted.final_fit is None and unfitted.best_val_map == result.best_val_map
+        assert torch.equal(plain.database_codes(), method.database_codes())
+        moved = any(not torch.equal(a, b) for a, b in zip(plain.image_net.parameters(), method.image_net.parameters()))
+        assert moved == fit["kept"], name
+
+
+def test_final_fit_needs_learned_codes(tmp_path):
+    import pytest
+
+    from schn.engine import train_method
+    from schn.errors import SchnError
+    from schn.runs import prepare_run
+
+    cfg = _digits_cfg(tmp_path, {"name": "dpsh"}, "train.final_fit_epochs=1")
+    run = prepare_run(cfg, progress=False)
+    with pytest.raises(SchnError, match="final_fit_epochs"):
+        train_method(cfg, run.method, run.inputs, run.split, run.labels, run.device, progress=False)
+
+
+def test_a_final_fit_that_lowers_validation_map_is_undone(tmp_path, monkeypatch):
+    import torch
+
+    import schn.engine as engine
+
+    scores = iter([0.5, 0.6, 0.1])  # two outer iterations, then the fit
+    monkeypatch.setattr(engine, "validation_map", lambda *a, **k: next(scores))
+    method, result = _trained(_digits_cfg(tmp_path, {"name": "schn", "lr": 0.01}, "train.final_fit_epochs=1"))
+    assert result.final_fit["val_map"] == 0.1 and result.final_fit["kept"] is False
+    scores = iter([0.5, 0.6])
+    plain, _ = _trained(_digits_cfg(tmp_path, {"name": "schn", "lr": 0.01}))
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), method.state_dict().values()))

@@ -46,6 +46,9 @@ class TrainConfig:
     # validation retrieves from a seeded subset of the pool (None = all)
     val_pool_size: Optional[int] = bounded(None, 1, 10**9)
     precision: str = "fp32"  # the training forward pass: fp32, bf16 (CPU and GPU) or fp16 (GPU, gradient scaler)
+    # after the outer loop, epochs fitting the image network to the final database codes over the
+    # whole pool (asymmetric methods: codes for new items); kept only if validation mAP does not drop
+    final_fit_epochs: int = bounded(0, 0, 100_000)
 
     def __post_init__(self) -> None:
         for name in ("bits", "iterations", "epochs_per_iteration", "batch_size", "num_samples", "val_every"):

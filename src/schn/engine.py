@@ -21,6 +21,7 @@ from tqdm import tqdm
 from . import distributed
 from . import resume as resume_mod
 from .config import Config
+from .errors import SchnError
 from .evaluate import encode_view, validation_map
 from .precision import Precision
 
@@ -86,6 +87,7 @@ class TrainResult:
     stopped_by_time_budget: bool = False
     stopped_early: bool = False  # validation mAP stopped improving (train.early_stopping)
     val_seconds: float = 0.0  # spent validating (not counted in ``seconds``)
+    final_fit: dict | None = None  # train.final_fit_epochs: its epochs, seconds, validation mAP, kept
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -111,6 +113,9 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
     written there atomically; if the file exists when training starts, the loop resumes from it
     and ends as the uninterrupted run would have (bit-identical on CPU in one process)."""
     tc = cfg.train
+    if tc.final_fit_epochs and method.database_codes() is None:
+        raise SchnError(f"train.final_fit_epochs fits the image network to learned database codes, which "
+                        f"{cfg.method_name} has none of; use it with an asymmetric method (schn, adsh) or set it to 0")
     method.precision = Precision(tc.precision, device)
     rng = np.random.default_rng(cfg.run.seed)
     loader_gen = torch.Generator().manual_seed(cfg.run.seed)
@@ -203,10 +208,51 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
         result.best_val_map = best_score
     else:
         result.selected_iteration = result.iterations
+    if tc.final_fit_epochs:
+        def score():
+            return validation_map(method, inputs, split, labels, cfg.eval, device, tc.encode_batch_size, on="val",
+                                  pool=val_pool)
+        final_fit(method, loader, batches, n_train, tc, device, result, score if select == "val" else None)
     if tc.cover_all and here.is_main:
         result.filled_unsampled = fill_unsampled(method, inputs, split, schedule.sampled, device,
                                                  tc.encode_batch_size)
     return result
+
+
+def final_fit(method, loader, batches, n_train: int, tc, device, result: TrainResult, score=None) -> None:
+    """``train.final_fit_epochs`` epochs over the whole pool of ``method.fit_codes_step``: the image
+    network fitted to the final database codes, so that new items' codes (the symmetric protocol,
+    every item added to an index) agree with them. With ``score`` (validation mAP) the fit is kept
+    only if it does not lower the selected iteration's score; the time budget bounds it too."""
+    here = distributed.world()
+    before = copy.deepcopy(method.state_dict())
+    t0, images, out_of_time = time.perf_counter(), 0, False
+    batches.sample = np.arange(n_train)
+    method.train()
+    for _ in range(tc.final_fit_epochs):
+        for x, y, pos in loader:
+            method.fit_codes_step(x.to(device), y.to(device), pos.to(device))
+            images += len(pos)
+            out_of_time = tc.time_budget is not None and result.seconds + time.perf_counter() - t0 > tc.time_budget
+            if out_of_time:
+                break
+        if out_of_time:
+            break
+    seconds = time.perf_counter() - t0
+    result.seconds += seconds
+    result.images += distributed.total(images)
+    record = {"epochs": tc.final_fit_epochs, "seconds": round(seconds, 3), "stopped_by_time_budget": out_of_time,
+              "val_map": None, "kept": True}
+    if score is not None and here.is_main:
+        v0 = time.perf_counter()
+        record["val_map"] = value = score()
+        result.val_seconds += time.perf_counter() - v0
+        record["kept"] = result.best_val_map is None or value >= result.best_val_map
+    if distributed.active():
+        record["kept"] = distributed.broadcast(record["kept"])
+    if not record["kept"]:
+        method.load_state_dict(before)
+    result.final_fit = record
 
 
 def converged(patience: int | None, iteration: int, best_iteration: int) -> bool:

@@ -188,6 +188,7 @@ def train_run(cfg: Config, progress: bool = True, echo=print, resume_dir: str | 
         "stopped_early": result.stopped_early,
         "best_val_map": result.best_val_map,
         "unsampled_encoded_by_network": result.filled_unsampled,
+        **({"final_fit": result.final_fit} if result.final_fit is not None else {}),
         "device": str(device),
         "processes": here.size,
     }

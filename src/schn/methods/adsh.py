@@ -180,6 +180,10 @@ class ADSH(DeepHashingMethod):
             self._rec[pos] = U
         return terms
 
+    def fit_codes_step(self, inputs, labels, positions) -> dict[str, float]:
+        # the network step of training with V fixed is exactly a fit to the codes
+        return self.training_step(inputs, labels, positions, record=False)
+
     @torch.no_grad()
     def end_iteration(self) -> dict[str, float]:
         if self._recorded is None or not self._recorded.any():

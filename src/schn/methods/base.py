@@ -46,6 +46,11 @@ class HashingMethod(nn.Module):
         """
         raise NotImplementedError
 
+    def fit_codes_step(self, inputs: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> dict[str, float]:
+        """``train.final_fit_epochs``: one mini-batch fitting the image network to the learned
+        database codes, which stay fixed (methods with learned codes only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no learned database codes to fit")
+
     def end_iteration(self) -> dict[str, float]:
         """Called after the epochs of an outer iteration (e.g. the discrete code update)."""
         return {}

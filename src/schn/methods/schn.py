@@ -285,6 +285,24 @@ class SCHN(HashingMethod):
             result.update(self._adversarial_steps(inputs, labels, first))
         return result
 
+    def fit_codes_step(self, inputs, labels, positions) -> dict[str, float]:
+        """The image term of ``L`` alone, the image net's optimiser only: B, the label net and the
+        interaction module stay as training left them."""
+        self.train()
+        inputs, labels, positions = self._to_device(inputs, labels, positions)
+        with self.precision.autocast():
+            U_I = self.parallel_image_net()(inputs)[1]
+        U_I = distributed.gather_rows(U_I.float(), grad_scale=True)
+        labels, positions = distributed.gather_rows(labels), distributed.gather_rows(positions)
+        B_pair, S_b = self._pairs(labels)
+        loss = asymmetric_loss(U_I, self.B[positions], S_b, self.config.gamma, B_pair)
+        opt = self.optimizers["image"]
+        opt.zero_grad(set_to_none=True)
+        self.precision.backward(loss)
+        self.precision.step(opt)
+        self.precision.update()
+        return {"loss_image": float(loss.detach())}
+
     # ----- journal variant -----
     def _adversarial_steps(self, inputs, labels, first: dict | None = None) -> dict[str, float]:
         # method.md: a fresh pass after the step on L. Only the interaction module is updated from
