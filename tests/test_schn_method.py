@@ -329,3 +329,37 @@ def test_undetached_cycle_inputs_let_the_cycle_train_the_image_and_label_nets():
         grads[detach] = [any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
                          for net in (method.image_net.backbone, method.label_net)]
     assert grads == {True: [False, False], False: [True, True]}
+
+
+@pytest.mark.parametrize("variant", ["mmasia", "tomm"])
+@pytest.mark.parametrize("graph_norm", ["none", "row", "symmetric"])
+@pytest.mark.parametrize("multi", [False, True])
+def test_the_interaction_module_by_label_group_equals_the_per_item_pass(variant, graph_norm, multi):
+    """The fast pass (label side once per distinct label row) against the plain one: outputs and
+    every parameter's gradient, with the same dropout mask (one draw per item in both)."""
+    from schn.methods.schn_nets import LabelGroups
+    torch.manual_seed(5)
+    b = 12
+    if multi:
+        y = (torch.rand(b, K) < 0.4).float()
+        y[:2] = 0  # two items with no label: linked to themselves only
+        y[2] = y[3]
+    else:
+        y = torch.eye(K)[torch.randint(0, K, (b,))]
+    method, _, _ = make(variant, graph_norm=graph_norm, **SMALL)
+    F_I = torch.randn(b, D, dtype=torch.float64)
+    net = method.interaction.double()
+    F_L = method.label_net.double()(y.double())[0].detach()
+    groups = LabelGroups.of(y.double())
+    results = []
+    for grouped in (False, True):
+        torch.manual_seed(9)
+        out = (net.by_group(F_I, method.label_net(groups.rows)[0].detach(), groups) if grouped
+               else net(F_I, F_L, method.label_graph(y).double()))
+        net.zero_grad(set_to_none=True)
+        (out.latent.sum() + (out.rec_image ** 2).sum() + out.rec_label.sin().sum()).backward()
+        results.append(([out.latent, out.rec_image, out.rec_label],
+                        [p.grad.clone() for p in net.parameters()]))
+    (plain, plain_grads), (fast, fast_grads) = results
+    for a, b_ in zip(plain + plain_grads, fast + fast_grads):
+        assert torch.allclose(a, b_, rtol=1e-9, atol=1e-11)

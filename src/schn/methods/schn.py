@@ -48,6 +48,7 @@ from .schn_nets import (
     VARIANT_CHOICES,
     Discriminator,
     InteractionModule,
+    LabelGroups,
     LabelNet,
 )
 
@@ -238,7 +239,9 @@ class SCHN(HashingMethod):
             F_I.float(), grad_scale=True)
         U_I = distributed.gather_rows(U_I.float(), grad_scale=True)
         labels, positions = distributed.gather_rows(labels), distributed.gather_rows(positions)
-        F_L, U_L = self.label_net(labels)
+        groups = LabelGroups.of(labels)  # the label side runs once per distinct label row
+        F_L, U_L = self.label_net(groups.rows)
+        U_L = groups.expand(U_L)
         B_b = self.B[positions]
         B_pair, S_b = self._pairs(labels)
         g = cfg.gamma
@@ -248,7 +251,7 @@ class SCHN(HashingMethod):
         }
         latent = torch.zeros_like(U_I)
         if self.uses_interaction():
-            out = self.interaction(F_I, F_L.detach() if detach else F_L, self.label_graph(labels))
+            out = self.interaction.by_group(F_I, F_L.detach() if detach else F_L, groups)
             latent = out.latent
             target_I, target_L = (U_I.detach(), U_L.detach()) if cfg.detach_rec_targets else (U_I, U_L)
             terms["loss_latent"] = cfg.latent_loss_weight * asymmetric_loss(out.latent, B_b, S_b, g, B_pair)
@@ -256,7 +259,7 @@ class SCHN(HashingMethod):
             terms["loss_rec_label"] = cfg.rec_loss_weight * ((out.rec_label - target_L) ** 2).mean()
         terms["loss"] = sum(terms.values())
         return terms, {"image": U_I, "label": U_L, "latent": latent, "positions": positions, "labels": labels,
-                       "F_I": F_I, "F_L": F_L}
+                       "F_I": F_I, "F_L": F_L, "groups": groups}
 
     def _to_device(self, inputs, labels, positions):
         return (inputs.to(self.device), labels.to(self.device).float(),
@@ -311,14 +314,17 @@ class SCHN(HashingMethod):
         # adversarial_pass="full" re-creates the authors' step: the second pass with gradient, and the
         # generator's backward through the image and label nets (whose gradients the next step clears)
         if first is not None:
-            F_I, U_I, F_L, U_L, labels = (first[k].detach() for k in ("F_I", "image", "F_L", "label", "labels"))
+            F_I, U_I, F_L, U_L = (first[k].detach() for k in ("F_I", "image", "F_L", "label"))
+            groups = first["groups"]
         else:
             with torch.set_grad_enabled(self.config.adversarial_pass == "full"):
                 with self.precision.autocast():
                     F_I, U_I = self.image_net(inputs)
                 F_I, U_I, labels = (distributed.gather_rows(t) for t in (F_I.float(), U_I.float(), labels))
-                F_L, U_L = self.label_net(labels)
-        out = self.interaction(F_I, F_L, self.label_graph(labels))
+                groups = LabelGroups.of(labels)
+                F_L, U_L = self.label_net(groups.rows)
+                U_L = groups.expand(U_L)
+        out = self.interaction.by_group(F_I, F_L, groups)
         loss_disc = self._discriminator_step(U_I.detach(), U_L.detach(), out.rec_image.detach(),
                                              out.rec_label.detach())
         loss_gen = self._generator_step(out.rec_image, out.rec_label)

@@ -67,6 +67,66 @@ class Attention(nn.Module):
         weights = torch.softmax(self.query(qk) @ self.key(qk).T * self.scale, dim=-1)
         return weights @ self.value(v)
 
+    def by_group(self, qk: torch.Tensor, v: torch.Tensor, groups: "LabelGroups", qk_grouped: bool,
+                 v_grouped: bool) -> torch.Tensor:
+        """:meth:`forward` when ``qk`` and/or ``v`` hold one row per label group (``groups``)
+        instead of one per item: the same values (up to rounding), grouped where ``qk`` is.
+
+        A key repeated ``n`` times enters the softmax as one key with ``log n`` added; a weight
+        row sums to 1, so ``W @ value(v) = value(W @ v)`` and items' values are pooled first."""
+        logits = self.query(qk) @ self.key(qk).T * self.scale
+        if not qk_grouped:  # one row per item: sum each row's weights per group of values
+            weights = torch.softmax(logits, dim=-1)
+            return groups.sum_columns(weights) @ self.value(v) if v_grouped else weights @ self.value(v)
+        weights = torch.softmax(logits + groups.counts.log(), dim=-1)  # groups x groups
+        if v_grouped:
+            return weights @ self.value(v)
+        return self.value(groups.spread_columns(weights) @ v)
+
+
+@dataclass
+class LabelGroups:
+    """A batch's items grouped by equal label rows: ``rows`` (g x K) the distinct rows, ``inverse``
+    (b) each item's group, ``counts`` (g) items per group. SCHN's label net and most of its
+    interaction module see labels only, so they run once per group (few on single-label data)."""
+
+    rows: torch.Tensor
+    inverse: torch.Tensor
+    counts: torch.Tensor
+
+    @classmethod
+    def of(cls, labels: torch.Tensor) -> "LabelGroups":
+        rows, inverse, counts = torch.unique(labels, dim=0, return_inverse=True, return_counts=True)
+        return cls(rows, inverse, counts.to(labels.dtype))
+
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """One row per group -> one per item."""
+        return x[self.inverse]
+
+    def sum_columns(self, w: torch.Tensor) -> torch.Tensor:
+        """``w @ onehot(inverse)``: an items-wide row summed per group."""
+        return w.new_zeros(w.shape[0], len(self.counts)).index_add_(1, self.inverse, w)
+
+    def spread_columns(self, w: torch.Tensor) -> torch.Tensor:
+        """A groups-wide row of weights over items: each item gets its group's weight / count."""
+        return (w / self.counts)[:, self.inverse]
+
+    def graph(self, mode: str) -> torch.Tensor:
+        """The label graph ``A`` (self loops forced) propagated over groups: ``(A_n X)`` for ``X``
+        equal within groups is ``C X_g`` with ``C`` this groups x groups matrix (``A_n`` of
+        :func:`normalise_graph`). An empty label row links an item to itself only."""
+        A = (self.rows @ self.rows.T > 0).to(self.counts.dtype)
+        C = A * self.counts
+        empty = self.rows.sum(1) == 0
+        C[empty, empty] = 1.0
+        if mode == "none":
+            return C
+        degree = C.sum(dim=1).clamp_min(1e-12)
+        if mode == "row":
+            return C / degree[:, None]
+        inv_sqrt = degree.rsqrt()
+        return inv_sqrt[:, None] * C * inv_sqrt[None, :]
+
 
 def normalise_graph(A: torch.Tensor, mode: str) -> torch.Tensor:
     """``A`` as given (``none``), ``D^-1 A`` (``row``) or ``D^-1/2 A D^-1/2`` (``symmetric``)."""
@@ -126,6 +186,26 @@ class InteractionModule(nn.Module):
         else:
             rec_image = self.rec_image_mlp(self.rec_image_attn(Z, F_L))
             rec_label = self.rec_label_mlp(self.rec_label_attn(Z, F_I))
+        return InteractionOutput(latent, rec_image, rec_label)
+
+    def by_group(self, F_I: torch.Tensor, F_L: torch.Tensor, groups: LabelGroups) -> InteractionOutput:
+        """:meth:`forward` with ``F_L`` one row per label group (``A`` is the groups' label graph):
+        the same outputs up to rounding, with every label-side product computed once per group.
+        ``H`` and ``Z`` are equal within a group (their queries, keys and graph rows are); the
+        dropout before ``U_Z`` still draws one mask per item, as in :meth:`forward`."""
+        H = self.fusion.by_group(F_L, F_I, groups, qk_grouped=True, v_grouped=False)
+        Z = torch.relu(groups.graph(self.graph_norm) @ self.gcn_weight(H) + self.gcn_bias)
+        latent = self.latent_act(self.latent_hash(self.dropout(groups.expand(Z))))
+        if self.variant == "mmasia":
+            rec_image = groups.expand(self.rec_image_mlp(
+                self.rec_image_attn.by_group(F_L, Z, groups, qk_grouped=True, v_grouped=True)))
+            rec_label = self.rec_label_mlp(self.rec_label_attn.by_group(F_I, Z, groups, qk_grouped=False,
+                                                                        v_grouped=True))
+        else:
+            rec_image = groups.expand(self.rec_image_mlp(
+                self.rec_image_attn.by_group(Z, F_L, groups, qk_grouped=True, v_grouped=True)))
+            rec_label = groups.expand(self.rec_label_mlp(
+                self.rec_label_attn.by_group(Z, F_I, groups, qk_grouped=True, v_grouped=False)))
         return InteractionOutput(latent, rec_image, rec_label)
 
 
