@@ -363,3 +363,14 @@ def test_the_interaction_module_by_label_group_equals_the_per_item_pass(variant,
     (plain, plain_grads), (fast, fast_grads) = results
     for a, b_ in zip(plain + plain_grads, fast + fast_grads):
         assert torch.allclose(a, b_, rtol=1e-9, atol=1e-11)
+
+
+def test_label_target_pulls_the_image_codes_towards_the_label_codes_only():
+    method, x, y = make(label_target_weight=3.0)
+    terms, out = method.compute_losses(x[:8], y[:8], torch.arange(8))
+    assert torch.allclose(terms["loss_label_target"], 3.0 * ((out["image"] - out["label"]) ** 2).mean())
+    method.zero_grad(set_to_none=True)
+    terms["loss_label_target"].backward()
+    assert any(p.grad is not None for p in method.image_net.parameters())
+    assert all(p.grad is None for p in method.label_net.parameters())
+    assert "loss_label_target" not in make()[0].compute_losses(x[:8], y[:8], torch.arange(8))[0]

@@ -101,6 +101,9 @@ class SCHNConfig:
     # False: the interaction module's inputs keep their gradient, so the cycle (latent and
     # reconstruction terms) trains the image and label nets; True = method.md
     detach_cycle_inputs: bool = True
+    # > 0: the label net's code as a class anchor for the image net, w * mean((U_I - U_L)^2) with U_L
+    # fixed (a term of its own, "loss_label_target"); 0 = method.md
+    label_target_weight: float = bounded(0.0, 0, 1e6)
 
     def __post_init__(self):
         self.validate()
@@ -115,7 +118,7 @@ class SCHNConfig:
         for name, allowed in choices.items():
             check_choice(self, name, allowed)
         check_positive(self, "alpha", "beta", "gamma", "weight_decay", "backbone_lr_scale", "label_loss_weight",
-                       "latent_loss_weight", "rec_loss_weight")
+                       "latent_loss_weight", "rec_loss_weight", "label_target_weight")
         check_positive(self, "lr", strict=True)
         for name in ("attention_dim", "latent_dim"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
@@ -249,6 +252,8 @@ class SCHN(HashingMethod):
             "loss_image": asymmetric_loss(U_I, B_b, S_b, g, B_pair),
             "loss_label": cfg.label_loss_weight * asymmetric_loss(U_L, B_b, S_b, g, B_pair),
         }
+        if cfg.label_target_weight > 0:
+            terms["loss_label_target"] = cfg.label_target_weight * ((U_I - U_L.detach()) ** 2).mean()
         latent = torch.zeros_like(U_I)
         if self.uses_interaction():
             out = self.interaction.by_group(F_I, F_L.detach() if detach else F_L, groups)
