@@ -138,3 +138,17 @@ def test_a_final_fit_that_lowers_validation_map_is_undone(tmp_path, monkeypatch)
     scores = iter([0.5, 0.6])
     plain, _ = _trained(_digits_cfg(tmp_path, {"name": "schn", "lr": 0.01}))
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), method.state_dict().values()))
+
+
+def test_symmetric_validation_encodes_the_pool_instead_of_reading_learned_codes(tmp_path):
+    from schn.evaluate import validation_map
+    from schn.runs import prepare_run
+
+    for name, same in (("dpsh", True), ("schn", False)):
+        cfg = _digits_cfg(tmp_path, {"name": name, "lr": 0.01})
+        method, result = _trained(cfg)
+        run = prepare_run(cfg, progress=False)
+        args = (method, run.inputs, run.split, run.labels, cfg.eval, run.device)
+        asymmetric, symmetric = validation_map(*args), validation_map(*args, symmetric=True)
+        assert asymmetric == result.best_val_map
+        assert (asymmetric == symmetric) == same, name

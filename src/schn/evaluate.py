@@ -100,16 +100,20 @@ def evaluate_method(method, inputs, split, labels: np.ndarray, eval_cfg: EvalCon
 
 
 def validation_map(method, inputs, split, labels: np.ndarray, eval_cfg: EvalConfig, device,
-                   batch_size: int = 256, on: str = "val", pool=None) -> float:
+                   batch_size: int = 256, on: str = "val", pool=None, symmetric: bool = False) -> float:
     """mAP used for model selection: validation items (or, only for the authors' ``select=test``
     reproduction, the queries) against the training pool's codes (or those of ``pool``, a subset
-    of it), at the protocol's depth."""
+    of it), at the protocol's depth. ``symmetric``: the pool encoded by the network, as new
+    items are, instead of a method's learned codes."""
     from .metrics import mean_average_precision
 
     queries = split.val if on == "val" else split.query
     q = encode_view(method, inputs.view(queries, train=False), device, batch_size)
     if pool is None:
         pool = split.train if on == "val" else split.database
-    db = database_codes(method, inputs, pool, split.train, device, batch_size)
+    if symmetric:
+        db = encode_view(method, inputs.view(pool, train=False), device, batch_size)
+    else:
+        db = database_codes(method, inputs, pool, split.train, device, batch_size)
     return float(mean_average_precision(q, db, labels[queries], labels[pool], depth=eval_cfg.map_depth,
                                         drop_last=eval_cfg.drop_last, ties=eval_cfg.ties))
