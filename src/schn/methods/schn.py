@@ -15,7 +15,12 @@ Decisions where that page is silent:
   pass (train mode) of the iteration's last epoch; a position seen twice keeps the last one.
 
 Departures from method.md, each an option that is off by default (``update_scope``, ``pairing``,
-``detach_cycle_inputs``): see :class:`SCHNConfig`; their measured effects are in RESULTS.md.
+``detach_cycle_inputs``, ``label_target_weight``; beside them the engine's ``train.final_fit_epochs``
+and ``model.head``): see :class:`SCHNConfig`; their measured effects go into RESULTS.md.
+
+The label side (label net, the attentions queried by ``F_L``, the graph product) runs once per
+distinct label row of a batch (``InteractionModule.by_group``), equal up to rounding to the
+per-item pass (``InteractionModule.forward``, tested against it).
 """
 from __future__ import annotations
 
