@@ -106,6 +106,13 @@ def test_grid_writes_results_plots_and_resumes(tmp_path, capsys):
     assert _bench(out, "lsh", "8", "--set", "train.batch_size=32") == 2
     assert "another config" in capsys.readouterr().err
 
+    # ... but one written before an option existed (saved without it, at its default) is the same cell
+    saved = yaml.safe_load((out / "lsh-8b" / "config.yaml").read_text())
+    del saved["train"]["final_fit_epochs"], saved["model"]["head"]
+    (out / "lsh-8b" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert _bench(out, "lsh", "8") == 0
+    assert "1 already finished, 0 to run" in capsys.readouterr().out
+
 
 def test_bad_method_list_is_one_line(tmp_path, capsys):
     assert _bench(tmp_path / "x", "schn,nope", "8") == 2

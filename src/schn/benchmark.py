@@ -162,8 +162,13 @@ def cell_config(base: dict, label: str, bits: int, sets: list[str], time_budget:
 
 
 def _same_config(cell: Cell, run_dir: Path) -> bool:
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    return saved == yaml.safe_load(dump_config(cell.config))
+    """The finished cell's saved config is this cell's, read through today's config classes, so
+    an option added since (at its default) does not make a finished cell look changed."""
+    try:
+        saved = dump_config(config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())))
+    except SchnError:  # an option that no longer exists, or a value no longer accepted
+        return False
+    return yaml.safe_load(saved) == yaml.safe_load(dump_config(cell.config))
 
 
 def _row(cell: Cell, run_dir: Path, status: str, message: str = "") -> dict:
