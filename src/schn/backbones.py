@@ -79,28 +79,38 @@ class ModelConfig:
             raise SchnError(f"model.input_size must be at least 8, got {self.input_size}")
 
 
-class HiddenLayer(nn.Module):
-    """``model.head=mlp``: a backbone followed by ``Linear(d, h) -> ReLU -> Dropout``; its output
-    is the feature ``F`` (width ``h``). A backbone without trainable parameters (cached features,
-    a frozen CNN) keeps running without gradient and in eval mode, as ``ImageNet`` runs it."""
+class OverBackbone(nn.Module):
+    """A module that runs ``self.backbone`` first. A backbone with no trainable parameter (cached
+    features, a frozen CNN) runs without gradient and stays in eval mode, so its dropout and
+    batch norm never train. Frozenness is read at construction."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, hidden: int, dropout: float):
+    def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
-        self.layer = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
-        self.feature_dim = hidden
-        self.frozen_backbone = not any(p.requires_grad for p in backbone.parameters())
+        self.frozen = not any(p.requires_grad for p in backbone.parameters())
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.frozen_backbone:
+        if self.frozen:
             self.backbone.eval()
         return self
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.backbone(x).flatten(1)
+
+
+class HiddenLayer(OverBackbone):
+    """``model.head=mlp``: a backbone followed by ``Linear(d, h) -> ReLU -> Dropout``; its output
+    is the feature ``F`` (width ``h``)."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, hidden: int, dropout: float):
+        super().__init__(backbone)
+        self.layer = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.feature_dim = hidden
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_backbone):
-            features = self.backbone(x).flatten(1)
-        return self.layer(features)
+        return self.layer(self.features(x))
 
 
 def with_head(cfg: ModelConfig, backbone: nn.Module, feature_dim: int, family: str) -> tuple[nn.Module, int]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..backbones import OverBackbone
 from ..bounds import bounded
 from .. import distributed
 from ..codes import to_signed
@@ -82,33 +83,21 @@ def backbone_groups(backbone: nn.Module, head_params, lr: float, backbone_lr_sca
     return groups
 
 
-class ImageNet(nn.Module):
+class ImageNet(OverBackbone):
     """Backbone -> ``F`` -> ``Linear(d, c)`` -> activation (tanh, or none for methods whose
     paper uses the linear output) -> ``U``.
 
     A backbone with no trainable parameter (``nn.Identity`` over cached features, or a frozen
-    CNN) runs without gradient and stays in eval mode, so its dropout never adds noise.
-    Frozenness is read at construction: freeze the backbone before building the method.
+    CNN) runs without gradient and stays in eval mode (:class:`OverBackbone`): freeze the
+    backbone before building the method.
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, bits: int, activation: str = "tanh"):
-        super().__init__()
         if activation not in HEAD_ACTIVATIONS:
             raise SchnError(f"head activation {activation!r} is not one of {', '.join(HEAD_ACTIVATIONS)}")
-        self.backbone = backbone
+        super().__init__(backbone)
         self.hash = nn.Linear(feature_dim, bits)
         self.activation = activation
-        self.frozen = not any(p.requires_grad for p in backbone.parameters())
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.frozen:
-            self.backbone.eval()
-        return self
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self.backbone(x).flatten(1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.features(x)
