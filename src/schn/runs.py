@@ -22,6 +22,7 @@ from torch import nn
 from . import codes as codes_mod
 from . import distributed
 from . import resume as resume_mod
+from .backbones import with_head
 from .config import Config, config_from_dict, dump_config, load_config
 from .data import create_dataset, load_split, make_split
 from .engine import seed_everything, train_method
@@ -29,7 +30,6 @@ from .errors import SchnError
 from .evaluate import evaluate_method
 from .fileio import atomic_path, read_torch, write_json, write_text
 from .inputs import ModelInputs, backbone_for, resolve_device
-from .backbones import with_head
 from .methods import METHODS, create_method
 
 CHECKPOINT_FORMAT = "schn-checkpoint-1"
