@@ -86,30 +86,34 @@ class Attention(nn.Module):
 
 @dataclass
 class LabelGroups:
-    """A batch's items grouped by equal label rows: ``rows`` (g x K) the distinct rows, ``inverse``
-    (b) each item's group, ``counts`` (g) items per group. SCHN's label net and most of its
-    interaction module see labels only, so they run once per group (few on single-label data)."""
+    """A batch's items grouped by equal label rows: ``rows`` (g x K) the distinct rows, ``onehot``
+    (b x g) each item's group, ``counts`` (g) items per group. SCHN's label net and most of its
+    interaction module see labels only, so they run once per group (few on single-label data).
+    Moving between items and groups is a product with ``onehot``: a matrix product is
+    deterministic on several threads, where an accumulating index (``index_add_``, the gradient
+    of ``x[inverse]``) is not, and training must be repeatable (resume is bit-identical)."""
 
     rows: torch.Tensor
-    inverse: torch.Tensor
+    onehot: torch.Tensor
     counts: torch.Tensor
 
     @classmethod
     def of(cls, labels: torch.Tensor) -> "LabelGroups":
-        rows, inverse, counts = torch.unique(labels, dim=0, return_inverse=True, return_counts=True)
-        return cls(rows, inverse, counts.to(labels.dtype))
+        rows, inverse = torch.unique(labels, dim=0, return_inverse=True)
+        onehot = torch.nn.functional.one_hot(inverse, len(rows)).to(labels.dtype)
+        return cls(rows, onehot, onehot.sum(0))
 
     def expand(self, x: torch.Tensor) -> torch.Tensor:
         """One row per group -> one per item."""
-        return x[self.inverse]
+        return self.onehot @ x
 
     def sum_columns(self, w: torch.Tensor) -> torch.Tensor:
-        """``w @ onehot(inverse)``: an items-wide row summed per group."""
-        return w.new_zeros(w.shape[0], len(self.counts)).index_add_(1, self.inverse, w)
+        """``w @ onehot``: an items-wide row summed per group."""
+        return w @ self.onehot
 
     def spread_columns(self, w: torch.Tensor) -> torch.Tensor:
         """A groups-wide row of weights over items: each item gets its group's weight / count."""
-        return (w / self.counts)[:, self.inverse]
+        return (w / self.counts) @ self.onehot.T
 
     def graph(self, mode: str) -> torch.Tensor:
         """The label graph ``A`` (self loops forced) propagated over groups: ``(A_n X)`` for ``X``
