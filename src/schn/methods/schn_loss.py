@@ -109,7 +109,11 @@ def discrete_objective(
     As a function of column ``k`` it is ``2 B_k . (B_!k U_!k^T U_k - P_k)`` + const, because
     ``||B_k||^2 = m``; hence the sign rule of :func:`discrete_update` minimises it exactly.
     """
-    P = _linear_target(U, U_L, U_Z, S_tilde.T @ U, gamma, alpha, beta)
+    return _quadratic(B, U, _linear_target(U, U_L, U_Z, S_tilde.T @ U, gamma, alpha, beta))
+
+
+def _quadratic(B, U, P) -> torch.Tensor:
+    """``||B U^T||_F^2 - 2 tr(B^T P)``: what :func:`bitwise_sweep` minimises column by column."""
     return ((B @ U.T) ** 2).sum() - 2 * (B * P).sum()
 
 
@@ -138,5 +142,4 @@ def database_update(
 
 def database_objective(B, U, omega, S_t_U, U_L, U_Z, gamma: float, alpha: float, beta: float) -> torch.Tensor:
     """:func:`discrete_objective` of :func:`database_update`, up to a constant independent of ``B``."""
-    P = _linear_target(U, U_L, U_Z, S_t_U, gamma, alpha, beta, omega)
-    return ((B @ U.T) ** 2).sum() - 2 * (B * P).sum()
+    return _quadratic(B, U, _linear_target(U, U_L, U_Z, S_t_U, gamma, alpha, beta, omega))

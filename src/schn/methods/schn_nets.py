@@ -123,13 +123,8 @@ class LabelGroups:
         C = A * self.counts
         empty = self.rows.sum(1) == 0
         C[empty, empty] = 1.0
-        if mode == "none":
-            return C
-        degree = C.sum(dim=1).clamp_min(1e-12)
-        if mode == "row":
-            return C / degree[:, None]
-        inv_sqrt = degree.rsqrt()
-        return inv_sqrt[:, None] * C * inv_sqrt[None, :]
+        # an item's degree is its group's row sum of C, so A's normalisations are C's
+        return normalise_graph(C, mode)
 
 
 def normalise_graph(A: torch.Tensor, mode: str) -> torch.Tensor:
