@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
+from schn.benchmark import mean_std_text
 from schn.config import load_config
 from schn.engine import seed_everything, train_method
 from schn.evaluate import validation_map
@@ -63,11 +64,6 @@ DEPARTURES = {
 TABLES = {"schn": ABLATIONS, "departures": DEPARTURES}
 
 
-def _spread(values) -> str:
-    mean = statistics.fmean(values)
-    return f"{mean:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{mean:.4f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True)
@@ -103,7 +99,7 @@ def main() -> None:
             selected.append(result.selected_iteration)
             iterations.append(result.iterations)
             seconds.append(result.seconds)
-        print(f"| {label} | {_spread(scores)} | {_spread(symmetric)} | {'/'.join(map(str, selected))} | "
+        print(f"| {label} | {mean_std_text(scores)} | {mean_std_text(symmetric)} | {'/'.join(map(str, selected))} | "
               f"{'/'.join(map(str, iterations))} | {statistics.fmean(seconds):.0f} | {len(seeds)} |", flush=True)
 
 

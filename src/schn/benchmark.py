@@ -603,6 +603,11 @@ def _tuning_lines(meta: dict) -> list[str]:
     return lines
 
 
+def mean_std_text(values: list[float], digits: int = 4) -> str:
+    """``mean ± sample std`` of ``values`` as the tables write it (the mean alone for one value)."""
+    return _pm(*_mean_std(values), digits)
+
+
 def _pm(mean, std, digits=4) -> str:
     if mean is None:
         return "–"
