@@ -9,7 +9,8 @@ pool's learned codes); the query set is not evaluated at all.
     .venv/bin/python benchmarks/ablation.py --config configs/cifar10-jpg-efficientnet-frozen.yaml \\
         --split runs/benchmarks/cifar10-frozen/split.json --bits 32 --iterations 20
 
-Options: --only NAME ... (a subset of rows), --set KEY=VALUE (every row), --time-budget S (equal
+Options: --only NAME ... (a subset of rows), --set KEY=VALUE (the base of every row, e.g. a study's
+tuned values; a row's own settings win over it), --time-budget S (equal
 time instead of equal iterations; --iterations is then a cap), --seeds 0,1,2 (each row once per
 seed, on the same split: mean +- standard deviation), --table departures (issue 14's options,
 each alone and together, instead of the parts of SCHN). Besides the best validation mAP, each
@@ -86,7 +87,7 @@ def main() -> None:
         for seed in seeds:
             cfg = load_config(args.config, [f"train.bits={args.bits}", f"split.file={args.split}", "train.select=val",
                                             f"train.iterations={args.iterations}", "run.progress=false", *budget,
-                                            *sets, *args.set, f"run.seed={seed}"])
+                                            *args.set, *sets, f"run.seed={seed}"])
             seed_everything(cfg.run.seed)
             run = prepare_run(cfg, progress=False)
             result = train_method(cfg, run.method, run.inputs, run.split, run.labels, run.device, progress=False)
