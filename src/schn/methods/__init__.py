@@ -14,6 +14,7 @@ from ..errors import SchnError
 from ..registry import Registry
 from .base import HashingMethod
 from .schn import SCHN, SCHNConfig
+from .schn_plus import SCHNPlus, SCHNPlusConfig
 from .lsh import LSH, LSHConfig
 from .itq import ITQ, ITQConfig
 from .sdh import SDH, SDHConfig
@@ -26,6 +27,7 @@ from .greedyhash import GreedyHash, GreedyHashConfig
 
 METHODS: Registry[type[HashingMethod]] = Registry("method")
 METHODS.register("schn")(SCHN)
+METHODS.register("schn-plus")(SCHNPlus)
 METHODS.register("lsh")(LSH)
 METHODS.register("itq")(ITQ)
 METHODS.register("sdh")(SDH)
@@ -71,5 +73,5 @@ def create_method(
                train_labels, device)
 
 
-__all__ = ["METHODS", "HashingMethod", "SCHN", "SCHNConfig", "LSH", "LSHConfig", "ITQ", "ITQConfig", "SDH", "SDHConfig", "DPSH", "DPSHConfig", "HashNet", "HashNetConfig", "DSH", "DSHConfig", "ADSH", "ADSHConfig", "CSQ", "CSQConfig", "GreedyHash", "GreedyHashConfig", "create_method", "list_methods",
+__all__ = ["METHODS", "HashingMethod", "SCHN", "SCHNConfig", "SCHNPlus", "SCHNPlusConfig", "LSH", "LSHConfig", "ITQ", "ITQConfig", "SDH", "SDHConfig", "DPSH", "DPSHConfig", "HashNet", "HashNetConfig", "DSH", "DSHConfig", "ADSH", "ADSHConfig", "CSQ", "CSQConfig", "GreedyHash", "GreedyHashConfig", "create_method", "list_methods",
            "method_config"]
