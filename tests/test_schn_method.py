@@ -10,11 +10,11 @@ N, D, K, BITS = 24, 20, 4, 6
 SMALL = dict(attention_dim=16, latent_dim=32)
 
 
-def make(variant="mmasia", seed=0, **options):
+def make(variant="mmasia", seed=0, name="schn", **options):
     torch.manual_seed(seed)
     labels = torch.eye(K)[torch.arange(N) % K]
-    cfg = SCHNConfig(variant=variant, **{**SMALL, **options})
-    method = create_method("schn", cfg, nn.Identity(), D, K, BITS, labels, "cpu")
+    cfg = method_config(name, {"variant": variant, **SMALL, **options})
+    method = create_method(name, cfg, nn.Identity(), D, K, BITS, labels, "cpu")
     features = torch.randn(N, D)
     return method, features, labels
 
@@ -277,10 +277,11 @@ def test_departure_options_are_validated():
     assert (cfg.update_scope, cfg.pairing, cfg.detach_cycle_inputs) == ("sampled", "batch", True)
 
 
-def test_update_scope_database_updates_every_code_with_the_database_update():
+@pytest.mark.parametrize("name,options", [("schn", {"update_scope": "database"}), ("schn-plus", {})])
+def test_update_scope_database_updates_every_code_with_the_database_update(name, options):
     from schn.methods.adsh import balance_ratio, similarity_t_times
     from schn.methods.schn_loss import database_update
-    method, x, y = make(seed=2, update_scope="database", dropout=0.0)
+    method, x, y = make(seed=2, name=name, dropout=0.0, **options)
     pos = torch.tensor([0, 5, 9, 13, 14])
     method.begin_iteration(0, pos.numpy())
     method.training_step(x[pos], y[pos], pos, record=True)
