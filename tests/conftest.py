@@ -84,6 +84,24 @@ def schn_serve(idx, *options, seconds: float = 60):
         yield server, url, port
 
 
+def train_in_one_and_two_processes(tmp_path, settings):
+    """``schn train`` on digits with ``settings`` into ``tmp_path/one`` in this process, then under
+    ``torchrun`` with 2 processes into ``tmp_path/two``; returns the torchrun's completed process."""
+    import subprocess
+    import sys
+
+    from schn.cli import main
+
+    assert main(["train", "--config", DIGITS, *settings, "--set", f"run.out_dir={tmp_path}", "--set", "run.name=one",
+                 "--quiet"]) == 0
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "schn", "train",
+                           "--config", DIGITS, *settings, "--set", f"run.out_dir={tmp_path}", "--set", "run.name=two",
+                           "--quiet"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

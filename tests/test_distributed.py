@@ -9,10 +9,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import DIGITS, free_port
+from conftest import DIGITS, free_port, train_in_one_and_two_processes
 
 from schn import distributed
-from schn.cli import main
 from schn.engine import GlobalBatches
 
 # pixels into a linear hash layer: no batch norm, whose per-process statistics are the one thing
@@ -22,13 +21,7 @@ SETTINGS = ["--set", "train.iterations=3", "--set", "train.bits=16", "--set", "t
 
 
 def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):
-    assert main(["train", "--config", DIGITS, *SETTINGS, "--set", f"run.out_dir={tmp_path}", "--set", "run.name=one",
-                 "--quiet"]) == 0
-    torchrun = Path(sys.executable).parent / "torchrun"
-    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "schn", "train",
-                           "--config", DIGITS, *SETTINGS, "--set", f"run.out_dir={tmp_path}", "--set", "run.name=two",
-                           "--quiet"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = train_in_one_and_two_processes(tmp_path, SETTINGS)
     assert done.stdout.count("mAP@all") == 2  # one report (asymmetric + symmetric lines), by the first process
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # one run folder, written once
     one, two = tmp_path / "one", tmp_path / "two"

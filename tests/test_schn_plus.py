@@ -3,12 +3,9 @@ brute force, save/load and resume run in test_schn_method / test_schn_update / t
 test_resume with every registered method.)"""
 import dataclasses
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
-from conftest import DIGITS
+from conftest import DIGITS, train_in_one_and_two_processes
 
 from schn.cli import main
 from schn.methods import METHODS, SCHNConfig, SCHNPlusConfig
@@ -44,13 +41,7 @@ def test_schn_plus_learns_on_digits_and_updates_every_code_each_iteration(tmp_pa
 
 
 def test_schn_plus_under_torchrun_trains_as_one_process(tmp_path):
-    assert main(["train", "--config", DIGITS, *FAST, "--set", f"run.out_dir={tmp_path}", "--set", "run.name=one",
-                 "--quiet"]) == 0
-    torchrun = Path(sys.executable).parent / "torchrun"
-    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "schn", "train",
-                           "--config", DIGITS, *FAST, "--set", f"run.out_dir={tmp_path}", "--set", "run.name=two",
-                           "--quiet"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    train_in_one_and_two_processes(tmp_path, FAST)
     with np.load(tmp_path / "one" / "codes.npz") as a, np.load(tmp_path / "two" / "codes.npz") as b:
         same = (np.unpackbits(a["database_codes"], axis=1) == np.unpackbits(b["database_codes"], axis=1)).mean()
     assert same >= 0.99, same

@@ -27,9 +27,9 @@ undone where validation fell); all of them together (0.101 ± 0.000). ``model.he
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from ..space import ASYMMETRIC_SPACE, Param
 from .schn import SCHN, SCHNConfig
 
 
@@ -44,8 +44,6 @@ class SCHNPlus(SCHN):
     """SCHN with every database code updated each outer iteration (``update_scope=database``)."""
 
     config_class = SCHNPlusConfig
-    search_space = ASYMMETRIC_SPACE + (
-        Param("method.alpha", 1e-2, 1e5, log=True),
-        Param("method.beta", 1e-3, 1e5, log=True),
-        Param("method.gamma", 1e-1, 1e3, log=True),
-    )
+    # SCHN's space, alpha and beta reaching the scale of c * S~^T U
+    search_space = tuple(dataclasses.replace(p, high=1e5) if p.key in ("method.alpha", "method.beta") else p
+                         for p in SCHN.search_space)
