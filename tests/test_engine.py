@@ -152,3 +152,36 @@ def test_symmetric_validation_encodes_the_pool_instead_of_reading_learned_codes(
         asymmetric, symmetric = validation_map(*args), validation_map(*args, symmetric=True)
         assert asymmetric == result.best_val_map
         assert (asymmetric == symmetric) == same, name
+
+
+def test_every_code_learned_reads_the_updates_up_to_the_selected_iteration():
+    from schn.engine import every_code_learned
+
+    assert not every_code_learned([], 10)
+    assert not every_code_learned([{"codes_updated": 4.0}, {"loss": 1.0}], 10)
+    assert every_code_learned([{"codes_updated": 4.0}, {"codes_updated": 10.0}], 10)
+
+
+def test_never_sampled_items_keep_a_whole_database_update_and_get_network_codes_otherwise(tmp_path):
+    """ADSH's and schn-plus's updates write every database code (learned from the sampled set's
+    similarities), so the codes of items the loop never sampled stay the update's; method.md's
+    update writes the sampled set's only, so the others are encoded by the image network."""
+    import torch
+
+    from schn.evaluate import encode_view
+    from schn.runs import prepare_run
+
+    for method_cfg, fills in (({"name": "adsh"}, False), ({"name": "schn-plus"}, False),
+                              ({"name": "schn", "update_scope": "database"}, False), ({"name": "schn"}, True)):
+        cfg = _digits_cfg(tmp_path, {**method_cfg, "lr": 0.01}, "train.num_samples=100")
+        method, result = _trained(cfg)
+        run = prepare_run(cfg, progress=False)
+        n_train = len(run.split.train)
+        assert n_train > 200  # two draws of 100 leave most of the pool unsampled
+        codes = method.database_codes()
+        network = torch.as_tensor(encode_view(method, run.inputs.view(run.split.train, train=False), run.device, 256))
+        same = (codes == network.to(codes)).all(dim=1)
+        if fills:
+            assert result.filled_unsampled >= n_train - 200 and int(same.sum()) >= n_train - 200
+        else:
+            assert result.filled_unsampled == 0 and int(same.sum()) < n_train - 200, method_cfg

@@ -213,7 +213,7 @@ def train_method(cfg: Config, method, inputs, split, labels: np.ndarray, device,
             return validation_map(method, inputs, split, labels, cfg.eval, device, tc.encode_batch_size, on="val",
                                   pool=val_pool)
         final_fit(method, loader, batches, n_train, tc, device, result, score if select == "val" else None)
-    if tc.cover_all and here.is_main:
+    if tc.cover_all and here.is_main and not every_code_learned(result.history[:result.selected_iteration], n_train):
         result.filled_unsampled = fill_unsampled(method, inputs, split, schedule.sampled, device,
                                                  tc.encode_batch_size)
     return result
@@ -267,6 +267,15 @@ def validation_pool(train: np.ndarray, size: int | None, seed: int) -> np.ndarra
         return None
     rng = np.random.default_rng([seed, 1])  # its own stream: the training draws stay unchanged
     return np.sort(rng.choice(np.asarray(train), size, replace=False))
+
+
+def every_code_learned(history: list[dict], n_train: int) -> bool:
+    """Whether a discrete update in ``history`` (the iterations up to the selected one) wrote every
+    database code: ADSH's update and schn-plus's (``update_scope=database``) do, reporting
+    ``codes_updated`` = the pool. Then an item never sampled holds a code learned from its labels'
+    similarities to the sampled set, as ADSH defines the database codes, and the network's code
+    must not replace it (only method.md's update, of the sampled set alone, leaves initial codes)."""
+    return any(record.get("codes_updated", 0) >= n_train for record in history)
 
 
 def fill_unsampled(method, inputs, split, sampled: np.ndarray, device, batch_size: int) -> int:
