@@ -7,11 +7,14 @@ the general pass it replaced (schn.metrics._mean_average_precision_reference), o
 Builds random +-1 codes (queries x database) with single-label classes and a multi-label
 variant (each item carries each class with probability 0.2, at least one), then, per depth,
 times old and new alternately (``--repeats`` pairs, in one process) and prints the median times,
-their ratio and the largest absolute difference of the mAP values (expected 0.0).
+their ratio and the largest absolute difference of the mAP values (expected 0.0). ``--threads``:
+torch's threads and the new path's (validation passes torch's count); run it with the same
+OMP_NUM_THREADS, which the old path's BLAS product uses.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -62,7 +65,8 @@ def main(argv=None):
         for depth in depths:
             t_old, t_new, diff = [], [], 0.0
             for r in range(a.repeats):
-                pair = [("old", M._mean_average_precision_reference), ("new", M.mean_average_precision)]
+                pair = [("old", M._mean_average_precision_reference),
+                        ("new", functools.partial(M.mean_average_precision, threads=a.threads))]
                 if r % 2:
                     pair.reverse()  # alternate who goes first
                 vals = {}

@@ -351,11 +351,18 @@ def test_fast_map_code_and_label_widths(bits):
             M._mean_average_precision_reference(qB, dB, qL, dL, depth=depth)
 
 
-def test_fast_map_chunks_and_unstable_untouched():
+def test_fast_map_chunks_threads_and_unstable_untouched():
     case = fast_case(7)
     whole = M.mean_average_precision(*case)
     for chunk in (1, 2, 5):
         assert M.mean_average_precision(*case, chunk_size=chunk) == whole
+    for threads in (2, 3, 64):  # more threads than queries too
+        for chunk in (None, 1, 2):
+            assert M.mean_average_precision(*case, chunk_size=chunk, threads=threads) == whole
+    for depth in (1, 7):
+        assert M.mean_average_precision(*case, depth=depth, threads=2) == M.mean_average_precision(*case, depth=depth)
+    with pytest.raises(SchnError, match="threads"):
+        M.mean_average_precision(*case, threads=0)
     # ties="unstable" still takes the general pass
     assert M.mean_average_precision(*case, ties="unstable") == \
         M._mean_average_precision_reference(*case, ties="unstable")
@@ -376,8 +383,8 @@ def test_fast_map_property():
     @hyp.given(seed=st.integers(0, 2**32 - 1), nq=st.integers(1, 6), nd=st.integers(2, 40),
                bits=st.integers(1, 40), k=st.integers(1, 12), p=st.floats(0.0, 1.0),
                zeros=st.booleans(), depth=st.one_of(st.none(), st.integers(1, 45)),
-               drop_last=st.booleans())
-    def check(seed, nq, nd, bits, k, p, zeros, depth, drop_last):
+               drop_last=st.booleans(), threads=st.integers(1, 3))
+    def check(seed, nq, nd, bits, k, p, zeros, depth, drop_last, threads):
         rng = np.random.default_rng(seed)
         qB = rng.choice([-1, 1], size=(nq, bits))
         dB = rng.choice([-1, 1], size=(nd, bits))
@@ -388,7 +395,7 @@ def test_fast_map_property():
         qL = (rng.random((nq, k)) < p).astype(np.uint8)
         dL = (rng.random((nd, k)) < p).astype(np.uint8)
         kw = dict(depth=depth, drop_last=drop_last)
-        assert M.mean_average_precision(qB, dB, qL, dL, **kw) == \
+        assert M.mean_average_precision(qB, dB, qL, dL, threads=threads, **kw) == \
             M._mean_average_precision_reference(qB, dB, qL, dL, **kw)
 
     check()

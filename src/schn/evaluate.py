@@ -115,5 +115,7 @@ def validation_map(method, inputs, split, labels: np.ndarray, eval_cfg: EvalConf
         db = encode_view(method, inputs.view(pool, train=False), device, batch_size)
     else:
         db = database_codes(method, inputs, pool, split.train, device, batch_size)
+    # as many threads as training may use (torch's setting, OMP_NUM_THREADS): one in a benchmark lane
     return float(mean_average_precision(q, db, labels[queries], labels[pool], depth=eval_cfg.map_depth,
-                                        drop_last=eval_cfg.drop_last, ties=eval_cfg.ties))
+                                        drop_last=eval_cfg.drop_last, ties=eval_cfg.ties,
+                                        threads=torch.get_num_threads()))

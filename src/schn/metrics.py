@@ -25,6 +25,7 @@ arrays exist at once.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -224,18 +225,21 @@ def _within_radius(ret, got, radius):
 
 
 def mean_average_precision(qB, dB, qL, dL, depth=None, drop_last=False, ties="stable",
-                           chunk_size=None) -> float:
+                           chunk_size=None, threads: int = 1) -> float:
     """mAP@depth (``None`` = all); ``drop_last`` = the authors' mAP@all without the last item.
 
     Same value, bit for bit, as :func:`_mean_average_precision_reference` (the general
-    :func:`_per_query` pass), but only ranks what AP reads: see :func:`_ap_stable`.
+    :func:`_per_query` pass), but only ranks what AP reads: see :func:`_ap_stable`; ``threads``
+    splits the queries between threads (stable ties), with the same value.
     """
     qB, dB, qL, dL = _inputs(qB, dB, qL, dL)
     cut = _map_cut(len(dB), depth, drop_last)
     _check_ties(ties)
     if ties != "stable":  # plain argsort's tie order depends on the whole row: the general pass
         return float(_per_query(qB, dB, qL, dL, cut=cut, ties=ties, chunk_size=chunk_size)["ap"].mean())
-    return float(_ap_stable(qB, dB, qL, dL, cut, chunk_size).mean())
+    if not (isinstance(threads, int) and threads >= 1):
+        raise SchnError(f"threads={threads!r} must be a positive integer")
+    return float(_ap_stable(qB, dB, qL, dL, cut, chunk_size, threads).mean())
 
 
 def _mean_average_precision_reference(qB, dB, qL, dL, depth=None, drop_last=False, ties="stable",
@@ -258,7 +262,7 @@ def _narrow(words: np.ndarray, nbits: int) -> np.ndarray:
     return (words >> np.uint64(64 - width)).astype(np.dtype(f"uint{width}"))
 
 
-def _ap_stable(qB, dB, qL, dL, cut, chunk_size=None) -> np.ndarray:
+def _ap_stable(qB, dB, qL, dL, cut, chunk_size=None, threads: int = 1) -> np.ndarray:
     """Per-query AP@cut under the stable ranking, equal to ``_per_query(...)["ap"]`` bit for bit.
 
     - Distances: +-1 codes are packed (:mod:`schn.codes`) and compared by XOR + popcount into
@@ -272,6 +276,8 @@ def _ap_stable(qB, dB, qL, dL, cut, chunk_size=None) -> np.ndarray:
       by counting) are sorted; the relevance is then read along the ranking.
     - AP: ``cum / rank`` only at the relevant ranks, scattered into a zero row of length ``cut``
       and summed as the general pass sums its row, so the float result is identical.
+    - ``threads`` > 1: contiguous slices of the grouped queries, one per thread; each query's AP
+      is computed alone, so the result does not depend on the number of threads.
     """
     from .codes import pack, to_words
 
@@ -299,17 +305,35 @@ def _ap_stable(qB, dB, qL, dL, cut, chunk_size=None) -> np.ndarray:
     code = code.ravel()
     by_group = np.lexsort((code, group))
     ap = np.zeros(nq)
+    parts = np.array_split(by_group, max(1, min(threads, nq)))
+
+    def keys_of(chunk):
+        if signed:
+            return _word_popcount(q_words[chunk], d_words, np.bitwise_xor).astype(kdt, copy=False)
+        return np.rint(bits - qB[chunk] @ dB.T).astype(kdt)
+
+    def run(rows):
+        _ap_rows(rows, keys_of, ap, group, code, ql_words, dl_words, cut, levels, chunk_size)
+
+    if len(parts) == 1:
+        run(parts[0])
+    else:  # NumPy's sort, popcount and gathers release the GIL: contiguous slices, one per thread
+        with ThreadPoolExecutor(len(parts)) as pool:
+            list(pool.map(run, parts))
+    return ap
+
+
+def _ap_rows(rows, keys_of, ap, group, code, ql_words, dl_words, cut, levels, chunk_size) -> None:
+    """AP of the queries ``rows`` (grouped by label row, equal codes adjacent) into ``ap``, the
+    distances ``keys_of(chunk)`` computed ``chunk_size`` queries at a time."""
     ranks = np.arange(1, cut + 1)
     current = last_code = last_q = -1
     lo = levels // 2  # the distance holding rank cut, carried from query to query
     rel_mask, n_rel = None, 0
-    for s in range(0, nq, chunk_size):
-        rows = by_group[s:s + chunk_size]
-        if signed:
-            keys = _word_popcount(q_words[rows], d_words, np.bitwise_xor).astype(kdt, copy=False)
-        else:
-            keys = np.rint(bits - qB[rows] @ dB.T).astype(kdt)
-        for i, q in enumerate(rows):
+    for s in range(0, len(rows), chunk_size):
+        chunk = rows[s:s + chunk_size]
+        keys = keys_of(chunk)
+        for i, q in enumerate(chunk):
             if group[q] == current and code[q] == last_code:
                 ap[q] = ap[last_q]  # same labels, same code: same ranking and relevance
                 continue
@@ -322,7 +346,6 @@ def _ap_stable(qB, dB, qL, dL, cut, chunk_size=None) -> np.ndarray:
                 continue
             order, lo = _stable_top(keys[i], cut, levels, lo)
             ap[q] = _ap_along(np.take(rel_mask, order), ranks, cut)
-    return ap
 
 
 def _stable_top(k: np.ndarray, cut: int, levels: int, lo: int) -> tuple[np.ndarray, int]:
