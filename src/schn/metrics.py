@@ -235,10 +235,10 @@ def mean_average_precision(qB, dB, qL, dL, depth=None, drop_last=False, ties="st
     qB, dB, qL, dL = _inputs(qB, dB, qL, dL)
     cut = _map_cut(len(dB), depth, drop_last)
     _check_ties(ties)
-    if ties != "stable":  # plain argsort's tie order depends on the whole row: the general pass
-        return float(_per_query(qB, dB, qL, dL, cut=cut, ties=ties, chunk_size=chunk_size)["ap"].mean())
     if not (isinstance(threads, int) and threads >= 1):
         raise SchnError(f"threads={threads!r} must be a positive integer")
+    if ties != "stable":  # plain argsort's tie order depends on the whole row: the general pass
+        return float(_per_query(qB, dB, qL, dL, cut=cut, ties=ties, chunk_size=chunk_size)["ap"].mean())
     return float(_ap_stable(qB, dB, qL, dL, cut, chunk_size, threads).mean())
 
 
