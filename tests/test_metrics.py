@@ -351,6 +351,23 @@ def test_fast_map_code_and_label_widths(bits):
             M._mean_average_precision_reference(qB, dB, qL, dL, depth=depth)
 
 
+@pytest.mark.parametrize("path", ["counting", "sort"])
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_map_counting_and_sort_paths_agree(monkeypatch, seed, path):
+    # the counting sort (scipy's COO -> CSR, used from a quarter of the database on) and the
+    # argsort path (below it, or without scipy's private module) give the same value, bit for bit
+    if path == "sort":
+        monkeypatch.setattr(M, "_coo_tocsr", None)
+    else:
+        assert M._coo_tocsr is not None
+        monkeypatch.setattr(M, "COUNTING_MIN_FRACTION", 0.0)
+    case = fast_case(seed, zeros=seed == 4, single=seed % 2 == 1)
+    for depth, drop_last in [(None, False), (None, True), (1, False), (7, False), (30, True), (1000, False)]:
+        for threads in (1, 2):
+            assert M.mean_average_precision(*case, depth=depth, drop_last=drop_last, threads=threads) == \
+                M._mean_average_precision_reference(*case, depth=depth, drop_last=drop_last)
+
+
 def test_fast_map_chunks_threads_and_unstable_untouched():
     case = fast_case(7)
     whole = M.mean_average_precision(*case)
