@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from schn.data import DataConfig, build_transform, create_dataset, list_datasets
+from schn.data import dataset as dataset_module
 from schn.errors import SchnError
 
 REAL_ARCHIVE = os.path.normpath(
@@ -179,6 +180,25 @@ def test_image_folder_archive(tmp_path, name, mode, prefix):
     assert [i.removeprefix(prefix) for i in ds.ids] == folder.ids  # ids keep the archive's paths
     assert np.array_equal(np.asarray(ds.load_image(7)), np.asarray(folder.load_image(7)))
     assert (ds.labels == folder.labels).all() and list(ds.groups) == list(folder.groups)
+
+
+def test_archive_fingerprint_follows_content_not_mtime(tmp_path, monkeypatch):
+    # a re-provisioned copy (same bytes, new modification time) keeps its feature cache key;
+    # other bytes of the same size do not; past the size limit, size and mtime name the file
+    path = make_archive(tmp_path, "a.tar", "w")
+    cfg = DataConfig(name="image_folder", root=str(path))
+    before = create_dataset(cfg).fingerprint
+    os.utime(path, (1_000_000_000, 1_000_000_000))
+    assert create_dataset(cfg).fingerprint == before
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1  # in the tar's zero padding: still a valid archive, same size
+    path.write_bytes(bytes(raw))
+    os.utime(path, (1_000_000_000, 1_000_000_000))
+    changed = create_dataset(cfg).fingerprint
+    assert changed != before
+    monkeypatch.setattr(dataset_module, "CONTENT_HASH_MAX_BYTES", 10)
+    os.utime(path, (2_000_000_000, 2_000_000_000))
+    assert create_dataset(cfg).fingerprint not in (before, changed)
 
 
 def test_archive_with_dataloader_workers(tmp_path):

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import to_tensor
 
 from ..errors import SchnError
+from ..fileio import sha256_file
 from ..registry import Registry
 from .config import DataConfig
 
@@ -129,13 +130,22 @@ class DatasetView(Dataset):
         return x, label, p
 
 
+CONTENT_HASH_MAX_BYTES = 256 * 2**20
+
+
 def _fingerprint(source: Sequence[str], options: dict, n: int) -> str:
-    """Hash of source paths with their size/mtime, the reader options and the item count."""
+    """Hash of the source paths, the reader options and the item count. A source file (an archive,
+    a list file) up to ``CONTENT_HASH_MAX_BYTES`` is named by its content, so a copy with a new
+    modification time keeps its feature cache; a directory or a larger file by its size and
+    modification time (hashing those at every open would cost more than it saves)."""
     stamps = []
     for path in source:
         try:
             st = os.stat(path)
-            stamps.append([os.path.abspath(path), st.st_size, int(st.st_mtime)])
+            if os.path.isfile(path) and st.st_size <= CONTENT_HASH_MAX_BYTES:
+                stamps.append([os.path.abspath(path), st.st_size, sha256_file(path)])
+            else:
+                stamps.append([os.path.abspath(path), st.st_size, int(st.st_mtime)])
         except OSError:
             stamps.append([path])
     blob = json.dumps([stamps, options, n], sort_keys=True, default=str)
