@@ -2,14 +2,16 @@
 the general pass it replaced (schn.metrics._mean_average_precision_reference), on random codes.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/val_speed.py [--queries 1000] [--database 58000]
-        [--bits 32] [--classes 10] [--repeats 5] [--depths all,5000,1000] [--threads 1]
+        [--bits 32] [--classes 10] [--repeats 5] [--depths all,5000,1000] [--threads 1] [--paths]
 
 Builds random +-1 codes (queries x database) with single-label classes and a multi-label
 variant (each item carries each class with probability 0.2, at least one), then, per depth,
 times old and new alternately (``--repeats`` pairs, in one process) and prints the median times,
 their ratio and the largest absolute difference of the mAP values (expected 0.0). ``--threads``:
 torch's threads and the new path's (validation passes torch's count); run it with the same
-OMP_NUM_THREADS, which the old path's BLAS product uses.
+OMP_NUM_THREADS, which the old path's BLAS product uses. ``--paths``: instead, the new path's two
+rankings against each other (the counting sort over the whole database, and the argsort of the
+top only), which is where ``schn.metrics.COUNTING_MIN_FRACTION`` comes from.
 """
 from __future__ import annotations
 
@@ -33,6 +35,16 @@ def labels(rng, n, k, multi):
     return lab
 
 
+def ranking(path, threads, *args, **kw):
+    """The fast path with one ranking forced: "counting" at every depth, or "sort" at every depth."""
+    saved = M.COUNTING_MIN_FRACTION
+    M.COUNTING_MIN_FRACTION = 0.0 if path == "counting" else float("inf")
+    try:
+        return M.mean_average_precision(*args, threads=threads, **kw)
+    finally:
+        M.COUNTING_MIN_FRACTION = saved
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=1000)
@@ -43,6 +55,7 @@ def main(argv=None):
     ap.add_argument("--depths", default="all,5000,1000")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--paths", action="store_true", help="counting sort against top-only argsort")
     a = ap.parse_args(argv)
     try:
         import torch
@@ -59,6 +72,8 @@ def main(argv=None):
     depths = [None if d == "all" else int(d) for d in a.depths.split(",")]
     print(f"{a.queries} queries x {a.database} database, {a.bits} bits, {a.classes} classes, "
           f"{a.repeats} interleaved repeats, median seconds")
+    if a.paths:
+        print("old = the argsort of the top (_stable_top), new = the counting sort of the whole database")
     print(f"{'labels':<7} {'depth':>6} {'old_s':>8} {'new_s':>8} {'ratio':>6}  max_abs_diff")
     for multi in (False, True):
         qL, dL = labels(rng, a.queries, a.classes, multi), labels(rng, a.database, a.classes, multi)
@@ -67,6 +82,9 @@ def main(argv=None):
             for r in range(a.repeats):
                 pair = [("old", M._mean_average_precision_reference),
                         ("new", functools.partial(M.mean_average_precision, threads=a.threads))]
+                if a.paths:
+                    pair = [("old", functools.partial(ranking, "sort", a.threads)),
+                            ("new", functools.partial(ranking, "counting", a.threads))]
                 if r % 2:
                     pair.reverse()  # alternate who goes first
                 vals = {}
