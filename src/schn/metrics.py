@@ -24,6 +24,7 @@ arrays exist at once.
 """
 from __future__ import annotations
 
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,10 +35,13 @@ import numpy as np
 from .bounds import bounded
 from .errors import SchnError
 
-def _counting_sort_or_none():
+
+@functools.cache
+def _counting_sort():
     """scipy.sparse's COO -> CSR conversion (a linear counting sort that keeps input order on ties),
     if its private entry point is there and still behaves so on a tiny case; else None, and the
-    argsort path (the same ranking) runs."""
+    argsort path (the same ranking) runs. Resolved at first use, not at import: importing
+    scipy.sparse takes ~0.1 s, which every importer of this module would pay."""
     try:
         from scipy.sparse._sparsetools import coo_tocsr
         keys, flags = np.array([1, 0, 1, 0], np.int32), np.array([True, False, False, True])
@@ -48,8 +52,6 @@ def _counting_sort_or_none():
     expected = np.argsort(keys, kind="stable")
     return coo_tocsr if (order == expected).all() and (out == flags[expected]).all() else None
 
-
-_coo_tocsr = _counting_sort_or_none()
 
 TIES = ("stable", "unstable")
 DEFAULT_PRECISION_AT = (100, 500, 1000, 5000)
@@ -375,7 +377,7 @@ COUNTING_MIN_FRACTION = 0.25  # a cut-off below this share of the database: sort
 def _use_counting(cut: int, nd: int) -> bool:
     """The counting pass ranks the whole database in two linear passes; below a quarter of it
     :func:`_stable_top` sorts fewer items and is cheaper (measured: benchmarks/val_speed.py)."""
-    return _coo_tocsr is not None and cut >= COUNTING_MIN_FRACTION * nd
+    return cut >= COUNTING_MIN_FRACTION * nd and _counting_sort() is not None
 
 
 class _CountingRank:
@@ -392,11 +394,12 @@ class _CountingRank:
         self.starts = np.empty(levels + 1, dtype=self.index)
         self.order = np.empty(nd, dtype=self.index)
         self.relevant = np.empty(nd, dtype=bool)
+        self.convert = _counting_sort()
 
     def __call__(self, k: np.ndarray, rel_mask: np.ndarray) -> np.ndarray:
         # every key is below `levels` by construction (a popcount, or a doubled distance)
-        _coo_tocsr(self.levels, self.nd, self.nd, k.astype(self.index), self.items, rel_mask,
-                   self.starts, self.order, self.relevant)
+        self.convert(self.levels, self.nd, self.nd, k.astype(self.index), self.items, rel_mask,
+                     self.starts, self.order, self.relevant)
         return self.relevant
 
 
