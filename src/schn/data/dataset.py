@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -142,7 +143,7 @@ def _fingerprint(source: Sequence[str], options: dict, n: int) -> str:
     for path in source:
         try:
             st = os.stat(path)
-            if os.path.isfile(path) and st.st_size <= CONTENT_HASH_MAX_BYTES:
+            if stat.S_ISREG(st.st_mode) and st.st_size <= CONTENT_HASH_MAX_BYTES:
                 stamps.append([os.path.abspath(path), st.st_size, sha256_file(path)])
             else:
                 stamps.append([os.path.abspath(path), st.st_size, int(st.st_mtime)])
